@@ -1,0 +1,176 @@
+"""Passwords, browser sessions, API tokens, CSRF and role checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
+from starlette.responses import Response
+
+from findme.db import ApiToken, BrowserSession, Database, Role, User, utcnow
+from findme.errors import CsrfFailed, Forbidden, NotSignedIn
+
+SESSION_COOKIE = "findme_session"
+CSRF_HEADER = "x-csrf-token"
+TOKEN_PREFIX = "fm_"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+# Verified against when the email is unknown, so both paths take the same time.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is making a request, and how they proved it."""
+
+    user: User
+    session: BrowserSession | None = None
+
+    @property
+    def id(self) -> int:
+        return self.user.id
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user.role == Role.admin
+
+    def require_role(self, *roles: Role) -> None:
+        if self.is_admin or self.user.role in roles:
+            return
+        names = " or ".join(role.value for role in roles)
+        raise Forbidden(f"Only a {names} account can do this.")
+
+
+class Authenticator:
+    """Issues and checks session cookies and bearer tokens."""
+
+    def __init__(self, *, db: Database, secret_key: str, session_max_age_s: int) -> None:
+        self._db = db
+        self._signer = URLSafeTimedSerializer(secret_key, salt="findme-session")
+        self._max_age_s = session_max_age_s
+
+    async def start_session(self, session: AsyncSession, user: User) -> BrowserSession:
+        """A fresh session id on every sign-in, so a planted cookie is worth nothing."""
+        browser = BrowserSession(
+            id=secrets.token_urlsafe(32),
+            user_id=user.id,
+            csrf_token=secrets.token_urlsafe(32),
+            expires_at=utcnow() + dt.timedelta(seconds=self._max_age_s),
+        )
+        session.add(browser)
+        await session.execute(delete(BrowserSession).where(BrowserSession.expires_at < utcnow()))
+        return browser
+
+    def set_cookie(self, response: Response, browser: BrowserSession, *, secure: bool) -> None:
+        response.set_cookie(
+            SESSION_COOKIE,
+            self._signer.dumps(browser.id),
+            max_age=self._max_age_s,
+            httponly=True,
+            samesite="lax",
+            secure=secure,
+            path="/",
+        )
+
+    @staticmethod
+    def clear_cookie(response: Response) -> None:
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
+
+    async def end_session(self, browser: BrowserSession) -> None:
+        async with self._db.transaction() as session:
+            await session.execute(delete(BrowserSession).where(BrowserSession.id == browser.id))
+
+    async def identify(self, connection: HTTPConnection) -> Principal | None:
+        authorization = connection.headers.get("authorization", "")
+        if authorization:
+            return await self._from_token(authorization)
+        cookie = connection.cookies.get(SESSION_COOKIE)
+        if cookie:
+            return await self._from_cookie(cookie)
+        return None
+
+    async def _from_token(self, authorization: str) -> Principal:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotSignedIn("Send the API token as: Authorization: Bearer <token>.")
+        async with self._db.transaction() as session:
+            row = (
+                await session.execute(
+                    select(ApiToken, User)
+                    .join(User, User.id == ApiToken.user_id)
+                    .where(ApiToken.token_hash == hash_token(token.strip()))
+                )
+            ).first()
+            if row is None or row.ApiToken.revoked_at is not None:
+                raise NotSignedIn("This API token is unknown or revoked. Create a new one.")
+            await session.execute(
+                update(ApiToken).where(ApiToken.id == row.ApiToken.id).values(last_used_at=utcnow())
+            )
+            return Principal(user=row.User)
+
+    async def _from_cookie(self, cookie: str) -> Principal | None:
+        try:
+            session_id = self._signer.loads(cookie, max_age=self._max_age_s)
+        except BadSignature:
+            return None
+        async with self._db.sessions() as session:
+            row = (
+                await session.execute(
+                    select(BrowserSession, User)
+                    .join(User, User.id == BrowserSession.user_id)
+                    .where(BrowserSession.id == session_id, BrowserSession.expires_at > utcnow())
+                )
+            ).first()
+        return None if row is None else Principal(user=row.User, session=row.BrowserSession)
+
+
+def check_csrf(connection: HTTPConnection, principal: Principal | None) -> None:
+    """Cookie-authenticated changes must echo the session's CSRF token.
+
+    Bearer-token requests carry no ambient credentials, so they need none. Unauthenticated
+    changes (sign-in, sign-up) are checked against a cross-site Origin instead.
+    """
+    if connection.scope.get("method", "GET") in SAFE_METHODS:
+        return
+    origin = connection.headers.get("origin")
+    if origin and origin != "null" and not _same_origin(connection, origin):
+        raise CsrfFailed()
+    if principal is None or principal.session is None:
+        return
+    sent = connection.headers.get(CSRF_HEADER, "")
+    if not sent or not hmac.compare_digest(sent, principal.session.csrf_token):
+        raise CsrfFailed()
+
+
+def _same_origin(connection: HTTPConnection, origin: str) -> bool:
+    host = connection.headers.get("host", "")
+    return origin.split("://", 1)[-1].rstrip("/") == host
+
+
+def new_api_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)

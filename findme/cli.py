@@ -1,0 +1,125 @@
+"""The `findme` command: migrate, serve, create-user, process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+
+from findme.db import Database, Role
+from findme.errors import FindMeError
+from findme.settings import Settings
+
+logger = logging.getLogger("findme")
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+
+def migrate(settings: Settings) -> None:
+    """Bring the schema up to date (Alembic owns it)."""
+    from alembic import command
+    from alembic.config import Config
+
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    config = Config(str(ALEMBIC_INI))
+    config.attributes["database_url"] = settings.database_url
+    command.upgrade(config, "head")
+
+
+def _serve(settings: Settings, _args: argparse.Namespace) -> int:
+    import uvicorn
+
+    migrate(settings)
+    uvicorn.run(
+        "findme.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        proxy_headers=True,
+        log_level="info",
+    )
+    return 0
+
+
+def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    migrate(settings)
+    _say("The database schema is up to date.")
+    return 0
+
+
+def _create_user(settings: Settings, args: argparse.Namespace) -> int:
+    from findme.routes.accounts import check_password, create_user
+
+    password = args.password or os.environ.get("FINDME_PASSWORD")
+    if not password:
+        if not sys.stdin.isatty():
+            raise FindMeError("Give the password with --password, FINDME_PASSWORD or a terminal.")
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Repeat it: "):
+            raise FindMeError("The two passwords differ. Run the command again.")
+    check_password(password)
+
+    async def create() -> str:
+        db = Database(settings)
+        try:
+            async with db.transaction() as session:
+                user = await create_user(
+                    session,
+                    email=args.email,
+                    password=password,
+                    name=args.name,
+                    role=Role(args.role),
+                )
+                return f"Created {user.role.value} {user.email} (id {user.id})."
+        finally:
+            await db.aclose()
+
+    _say(asyncio.run(create()))
+    return 0
+
+
+def _say(message: str) -> None:
+    sys.stdout.write(message + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="findme", description="FindMe: attendees find the event photos they appear in."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="migrate, then serve HTTP").set_defaults(run=_serve)
+    commands.add_parser("migrate", help="bring the database schema up to date").set_defaults(
+        run=_migrate
+    )
+    create = commands.add_parser("create-user", help="create an account")
+    create.add_argument("--email", required=True)
+    create.add_argument("--password", help="or FINDME_PASSWORD, or asked at a prompt")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", choices=[role.value for role in Role], default="attendee")
+    create.set_defaults(run=_create_user)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_environ()
+        code: int = args.run(settings, args)
+        return code
+    except FindMeError as error:
+        sys.stderr.write(f"findme: {error.detail}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

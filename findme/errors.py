@@ -1,0 +1,119 @@
+"""The errors FindMe raises; each knows its HTTP status, machine code and human sentence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FindMeError(Exception):
+    """Something went wrong."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        self.detail = detail or (self.__doc__ or "").strip()
+        self.extra = extra
+        super().__init__(self.detail)
+
+
+class ConfigurationError(FindMeError):
+    """The settings are not valid."""
+
+    code = "configuration_error"
+
+
+class BadRequest(FindMeError):
+    """The request is not valid."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class NotSignedIn(FindMeError):
+    """Sign in first."""
+
+    status_code = 401
+    code = "not_signed_in"
+
+
+class InvalidCredentials(FindMeError):
+    """The email or password is wrong."""
+
+    status_code = 401
+    code = "invalid_credentials"
+
+
+class Forbidden(FindMeError):
+    """You are not allowed to do this."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class CsrfFailed(Forbidden):
+    """This form has expired or came from another site. Reload the page and try again."""
+
+    code = "csrf_failed"
+
+
+class NotFound(FindMeError):
+    """Not found."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class AlreadyExists(FindMeError):
+    """This already exists."""
+
+    status_code = 409
+    code = "already_exists"
+
+
+class TooLarge(FindMeError):
+    """The upload is too large."""
+
+    status_code = 413
+    code = "too_large"
+
+
+class UnsupportedMedia(FindMeError):
+    """This file type is not supported. Send a JPEG, PNG, WebP or HEIC photo."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class Unprocessable(FindMeError):
+    """The request is valid but cannot be done."""
+
+    status_code = 422
+    code = "unprocessable"
+
+
+class RateLimited(FindMeError):
+    """Too many requests. Wait a moment and try again."""
+
+    status_code = 429
+    code = "rate_limited"
+
+
+class NotReady(FindMeError):
+    """The service is not ready yet."""
+
+    status_code = 503
+    code = "not_ready"
+
+
+class StorageError(FindMeError):
+    """The photo storage failed. Try again in a moment."""
+
+    status_code = 503
+    code = "storage_error"
+
+
+class RecognitionError(FindMeError):
+    """Face recognition failed."""
+
+    code = "recognition_error"

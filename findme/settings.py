@@ -1,0 +1,205 @@
+"""Settings read from the environment (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from findme.errors import ConfigurationError
+
+PLACEHOLDER_SECRETS = frozenset({"", "change-me", "changeme", "secret", "dev", "development"})
+
+# Names the v14 deployment used; existing installations still set them.
+LEGACY_ALIASES: Mapping[str, str] = {
+    "FINDME_WORKERS": "PHOTO_QUEUE_WORKERS",
+    "FINDME_AWS_CONCURRENCY": "AWS_CONCURRENT_REQUESTS",
+    "FINDME_DB_POOL_SIZE": "DB_POOL_SIZE",
+    "FINDME_DB_MAX_OVERFLOW": "DB_MAX_OVERFLOW",
+    "FINDME_DB_POOL_RECYCLE_S": "DB_POOL_RECYCLE",
+    "FINDME_DB_POOL_TIMEOUT_S": "DB_POOL_TIMEOUT",
+}
+
+
+class Secret(str):
+    """A string that does not show itself in reprs and logs."""
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        values[key.strip()] = value.strip().strip("\"'")
+    return values
+
+
+class _Reader:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def raw(self, key: str) -> str | None:
+        if key in self._environ:
+            return self._environ[key]
+        legacy = LEGACY_ALIASES.get(key)
+        if legacy is not None and legacy in self._environ:
+            return self._environ[legacy]
+        return None
+
+    def str(self, key: str, default: str) -> str:
+        value = self.raw(key)
+        return default if value is None or value == "" else value
+
+    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+        value = self.raw(key)
+        if value is None or value == "":
+            return default
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigurationError(f"{key} must be a whole number, not {value!r}.") from None
+        if number < minimum:
+            raise ConfigurationError(f"{key} must be at least {minimum}, not {number}.")
+        return number
+
+    def float(self, key: str, default: float) -> float:
+        value = self.raw(key)
+        if value is None or value == "":
+            return default
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigurationError(f"{key} must be a number, not {value!r}.") from None
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None or value == "":
+            return default
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigurationError(f"{key} must be true or false, not {value!r}.")
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(key, default).lower()
+        if value not in choices:
+            raise ConfigurationError(f"{key} must be one of {', '.join(choices)}, not {value!r}.")
+        return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite+aiosqlite:///var/findme.db"
+    secret_key: Secret = field(default=Secret(""), repr=False)
+    development: bool = True
+    debug: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("var")
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_request_bytes: int = 2 * 1024 * 1024 * 1024
+    max_image_pixels: int = 60_000_000
+    max_files_per_request: int = 500
+    workers: int = 3
+    engine_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    recognizer: str = "local"
+    storage: str = "database"
+    min_face_px: int = 120
+    match_threshold: float = 0.5
+    retention_days: int = 365
+    job_lease_s: int = 60
+    job_timeout_s: int = 300
+    job_max_attempts: int = 3
+    shutdown_grace_s: float = 10.0
+    aws_concurrency: int = 10
+    db_pool_size: int = 5
+    db_max_overflow: int = 10
+    db_pool_recycle_s: int = 1800
+    db_pool_timeout_s: int = 30
+    session_max_age_s: int = 14 * 24 * 3600
+    thumbnail_px: int = 480
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, *, env_file: Path = Path(".env")
+    ) -> Settings:
+        """Build settings: the process environment beats `.env`, which beats the defaults."""
+        merged = {**_read_dotenv(env_file), **(os.environ if environ is None else environ)}
+        read = _Reader(merged)
+        development = read.bool("FINDME_DEVELOPMENT", True)
+        data_dir = Path(read.str("FINDME_DATA_DIR", "var"))
+        secret = read.str("FINDME_SECRET_KEY", "")
+        if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < 16:
+            if not development:
+                raise ConfigurationError(
+                    "FINDME_SECRET_KEY is missing or a placeholder. Set it to a long random "
+                    "value, e.g. the output of: python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(48))'."
+                )
+            secret = _development_secret(data_dir)
+        return cls(
+            database_url=read.str(
+                "FINDME_DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / 'findme.db'}"
+            ),
+            secret_key=Secret(secret),
+            development=development,
+            debug=read.bool("FINDME_DEBUG", False),
+            host=read.str("FINDME_HOST", "127.0.0.1"),
+            port=read.int("FINDME_PORT", 8000, minimum=1),
+            data_dir=data_dir,
+            max_upload_bytes=read.int("FINDME_MAX_UPLOAD_BYTES", cls.max_upload_bytes, minimum=1),
+            max_request_bytes=read.int(
+                "FINDME_MAX_REQUEST_BYTES", cls.max_request_bytes, minimum=1
+            ),
+            max_image_pixels=read.int("FINDME_MAX_IMAGE_PIXELS", cls.max_image_pixels, minimum=1),
+            max_files_per_request=read.int(
+                "FINDME_MAX_FILES_PER_REQUEST", cls.max_files_per_request, minimum=1
+            ),
+            workers=read.int("FINDME_WORKERS", cls.workers, minimum=1),
+            engine_processes=read.int("FINDME_ENGINE_PROCESSES", os.cpu_count() or 1, minimum=1),
+            recognizer=read.choice("FINDME_RECOGNIZER", "local", ("local", "rekognition")),
+            storage=read.choice("FINDME_STORAGE", "database", ("database", "s3")),
+            min_face_px=read.int("FINDME_MIN_FACE_PX", cls.min_face_px, minimum=20),
+            match_threshold=read.float("FINDME_MATCH_THRESHOLD", cls.match_threshold),
+            retention_days=read.int("FINDME_RETENTION_DAYS", cls.retention_days, minimum=1),
+            job_lease_s=read.int("FINDME_JOB_LEASE_S", cls.job_lease_s, minimum=2),
+            job_timeout_s=read.int("FINDME_JOB_TIMEOUT_S", cls.job_timeout_s, minimum=1),
+            job_max_attempts=read.int("FINDME_JOB_MAX_ATTEMPTS", cls.job_max_attempts, minimum=1),
+            shutdown_grace_s=read.float("FINDME_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            aws_concurrency=read.int("FINDME_AWS_CONCURRENCY", cls.aws_concurrency, minimum=1),
+            db_pool_size=read.int("FINDME_DB_POOL_SIZE", cls.db_pool_size, minimum=1),
+            db_max_overflow=read.int("FINDME_DB_MAX_OVERFLOW", cls.db_max_overflow),
+            db_pool_recycle_s=read.int("FINDME_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),
+            db_pool_timeout_s=read.int("FINDME_DB_POOL_TIMEOUT_S", cls.db_pool_timeout_s),
+            session_max_age_s=read.int(
+                "FINDME_SESSION_MAX_AGE_S", cls.session_max_age_s, minimum=60
+            ),
+            thumbnail_px=read.int("FINDME_THUMBNAIL_PX", cls.thumbnail_px, minimum=64),
+        )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def _development_secret(data_dir: Path) -> str:
+    """Generate a secret once and keep it, so sessions survive a restart in development."""
+    path = data_dir / "secret_key"
+    if path.is_file():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
