@@ -76,7 +76,9 @@ def error_response(code: str, detail: str, status_code: int, **extra: Any) -> JS
 
 async def _findme_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FindMeError)
-    headers = {"Retry-After": str(exc.extra["retry_after_s"])} if "retry_after_s" in exc.extra else None
+    headers = (
+        {"Retry-After": str(exc.extra["retry_after_s"])} if "retry_after_s" in exc.extra else None
+    )
     response = error_response(exc.code, exc.detail, exc.status_code)
     if headers:
         response.headers.update(headers)
@@ -86,7 +88,7 @@ async def _findme_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code, detail = HTTP_CODES.get(exc.status_code, ("error", str(exc.detail)))
-    return error_response(code, detail, exc.status_code, **({} if exc.headers is None else {}))
+    return error_response(code, detail, exc.status_code)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -149,17 +149,23 @@ class Authenticator:
         return None if row is None else Principal(user=row.User, session=row.BrowserSession)
 
 
-def check_csrf(connection: HTTPConnection, principal: Principal | None) -> None:
-    """Cookie-authenticated changes must echo the session's CSRF token.
-
-    Bearer-token requests carry no ambient credentials, so they need none. Unauthenticated
-    changes (sign-in, sign-up) are checked against a cross-site Origin instead.
-    """
+def check_origin(connection: HTTPConnection) -> None:
+    """Refuse changes sent by a page of another site (browsers always send Origin then)."""
     if connection.scope.get("method", "GET") in SAFE_METHODS:
         return
     origin = connection.headers.get("origin")
     if origin and origin != "null" and not _same_origin(connection, origin):
         raise CsrfFailed()
+
+
+def check_csrf(connection: HTTPConnection, principal: Principal | None) -> None:
+    """Cookie-authenticated changes must echo the session's CSRF token.
+
+    Bearer-token requests carry no ambient credentials, so they need none.
+    """
+    check_origin(connection)
+    if connection.scope.get("method", "GET") in SAFE_METHODS:
+        return
     if principal is None or principal.session is None:
         return
     sent = connection.headers.get(CSRF_HEADER, "")

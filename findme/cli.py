@@ -21,8 +21,9 @@ ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
 def migrate(settings: Settings) -> None:
     """Bring the schema up to date (Alembic owns it)."""
-    from alembic import command
     from alembic.config import Config
+
+    from alembic import command
 
     if settings.is_sqlite:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_environ()

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -27,7 +27,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from findme.errors import AlreadyExists
@@ -52,9 +57,9 @@ class UtcDateTime(TypeDecorator[dt.datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None
-        if isinstance(value, str):
-            value = dt.datetime.fromisoformat(value)
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        parsed = dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+        assert isinstance(parsed, dt.datetime)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 class Role(enum.StrEnum):
@@ -95,7 +100,7 @@ NAMING = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dt.datetime: UtcDateTime()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UtcDateTime()}
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -228,7 +233,7 @@ class FaceMatch(Base):
 
 
 class RejectedMatch(Base):
-    """"Not me": this photo is never matched to this user again."""
+    """ "Not me": this photo is never matched to this user again."""
 
     __tablename__ = "rejected_matches"
 

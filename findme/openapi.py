@@ -57,13 +57,18 @@ def _operation(method: str, path: str, meta: dict[str, Any]) -> dict[str, Any]:
         for name in _PATH_PARAM.findall(path)
     ]
     parameters += [
-        {"name": name, "in": "query", "required": False, "description": text,
-         "schema": {"type": "string"}}
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": text,
+            "schema": {"type": "string"},
+        }
         for name, text in meta["query"].items()
     ]
     operation: dict[str, Any] = {
         "summary": meta["summary"],
-        "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+        "operationId": method + "_" + re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_"),
         "description": f"Who may call it: {meta['auth']}.",
         "parameters": parameters,
         "responses": {

@@ -48,18 +48,17 @@ class _Reader:
         self._environ = environ
 
     def raw(self, key: str) -> str | None:
-        if key in self._environ:
-            return self._environ[key]
         legacy = LEGACY_ALIASES.get(key)
-        if legacy is not None and legacy in self._environ:
-            return self._environ[legacy]
-        return None
+        value = self._environ.get(key)
+        if value is None and legacy is not None:
+            value = self._environ.get(legacy)
+        return value
 
-    def str(self, key: str, default: str) -> str:
+    def text(self, key: str, default: str) -> str:
         value = self.raw(key)
         return default if value is None or value == "" else value
 
-    def int(self, key: str, default: int, *, minimum: int = 0) -> int:
+    def integer(self, key: str, default: int, *, minimum: int = 0) -> int:
         value = self.raw(key)
         if value is None or value == "":
             return default
@@ -71,7 +70,7 @@ class _Reader:
             raise ConfigurationError(f"{key} must be at least {minimum}, not {number}.")
         return number
 
-    def float(self, key: str, default: float) -> float:
+    def number(self, key: str, default: float) -> float:
         value = self.raw(key)
         if value is None or value == "":
             return default
@@ -80,7 +79,7 @@ class _Reader:
         except ValueError:
             raise ConfigurationError(f"{key} must be a number, not {value!r}.") from None
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.raw(key)
         if value is None or value == "":
             return default
@@ -92,7 +91,7 @@ class _Reader:
         raise ConfigurationError(f"{key} must be true or false, not {value!r}.")
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.str(key, default).lower()
+        value = self.text(key, default).lower()
         if value not in choices:
             raise ConfigurationError(f"{key} must be one of {', '.join(choices)}, not {value!r}.")
         return value
@@ -112,6 +111,7 @@ class Settings:
     max_image_pixels: int = 60_000_000
     max_files_per_request: int = 500
     workers: int = 3
+    run_workers: bool = True
     engine_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     recognizer: str = "local"
     storage: str = "database"
@@ -137,9 +137,9 @@ class Settings:
         """Build settings: the process environment beats `.env`, which beats the defaults."""
         merged = {**_read_dotenv(env_file), **(os.environ if environ is None else environ)}
         read = _Reader(merged)
-        development = read.bool("FINDME_DEVELOPMENT", True)
-        data_dir = Path(read.str("FINDME_DATA_DIR", "var"))
-        secret = read.str("FINDME_SECRET_KEY", "")
+        development = read.flag("FINDME_DEVELOPMENT", True)
+        data_dir = Path(read.text("FINDME_DATA_DIR", "var"))
+        secret = read.text("FINDME_SECRET_KEY", "")
         if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < 16:
             if not development:
                 raise ConfigurationError(
@@ -149,43 +149,52 @@ class Settings:
                 )
             secret = _development_secret(data_dir)
         return cls(
-            database_url=read.str(
+            database_url=read.text(
                 "FINDME_DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / 'findme.db'}"
             ),
             secret_key=Secret(secret),
             development=development,
-            debug=read.bool("FINDME_DEBUG", False),
-            host=read.str("FINDME_HOST", "127.0.0.1"),
-            port=read.int("FINDME_PORT", 8000, minimum=1),
+            debug=read.flag("FINDME_DEBUG", False),
+            host=read.text("FINDME_HOST", "127.0.0.1"),
+            port=read.integer("FINDME_PORT", 8000, minimum=1),
             data_dir=data_dir,
-            max_upload_bytes=read.int("FINDME_MAX_UPLOAD_BYTES", cls.max_upload_bytes, minimum=1),
-            max_request_bytes=read.int(
+            max_upload_bytes=read.integer(
+                "FINDME_MAX_UPLOAD_BYTES", cls.max_upload_bytes, minimum=1
+            ),
+            max_request_bytes=read.integer(
                 "FINDME_MAX_REQUEST_BYTES", cls.max_request_bytes, minimum=1
             ),
-            max_image_pixels=read.int("FINDME_MAX_IMAGE_PIXELS", cls.max_image_pixels, minimum=1),
-            max_files_per_request=read.int(
+            max_image_pixels=read.integer(
+                "FINDME_MAX_IMAGE_PIXELS", cls.max_image_pixels, minimum=1
+            ),
+            max_files_per_request=read.integer(
                 "FINDME_MAX_FILES_PER_REQUEST", cls.max_files_per_request, minimum=1
             ),
-            workers=read.int("FINDME_WORKERS", cls.workers, minimum=1),
-            engine_processes=read.int("FINDME_ENGINE_PROCESSES", os.cpu_count() or 1, minimum=1),
+            workers=read.integer("FINDME_WORKERS", cls.workers, minimum=1),
+            run_workers=read.flag("FINDME_RUN_WORKERS", True),
+            engine_processes=read.integer(
+                "FINDME_ENGINE_PROCESSES", os.cpu_count() or 1, minimum=1
+            ),
             recognizer=read.choice("FINDME_RECOGNIZER", "local", ("local", "rekognition")),
             storage=read.choice("FINDME_STORAGE", "database", ("database", "s3")),
-            min_face_px=read.int("FINDME_MIN_FACE_PX", cls.min_face_px, minimum=20),
-            match_threshold=read.float("FINDME_MATCH_THRESHOLD", cls.match_threshold),
-            retention_days=read.int("FINDME_RETENTION_DAYS", cls.retention_days, minimum=1),
-            job_lease_s=read.int("FINDME_JOB_LEASE_S", cls.job_lease_s, minimum=2),
-            job_timeout_s=read.int("FINDME_JOB_TIMEOUT_S", cls.job_timeout_s, minimum=1),
-            job_max_attempts=read.int("FINDME_JOB_MAX_ATTEMPTS", cls.job_max_attempts, minimum=1),
-            shutdown_grace_s=read.float("FINDME_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
-            aws_concurrency=read.int("FINDME_AWS_CONCURRENCY", cls.aws_concurrency, minimum=1),
-            db_pool_size=read.int("FINDME_DB_POOL_SIZE", cls.db_pool_size, minimum=1),
-            db_max_overflow=read.int("FINDME_DB_MAX_OVERFLOW", cls.db_max_overflow),
-            db_pool_recycle_s=read.int("FINDME_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),
-            db_pool_timeout_s=read.int("FINDME_DB_POOL_TIMEOUT_S", cls.db_pool_timeout_s),
-            session_max_age_s=read.int(
+            min_face_px=read.integer("FINDME_MIN_FACE_PX", cls.min_face_px, minimum=20),
+            match_threshold=read.number("FINDME_MATCH_THRESHOLD", cls.match_threshold),
+            retention_days=read.integer("FINDME_RETENTION_DAYS", cls.retention_days, minimum=1),
+            job_lease_s=read.integer("FINDME_JOB_LEASE_S", cls.job_lease_s, minimum=2),
+            job_timeout_s=read.integer("FINDME_JOB_TIMEOUT_S", cls.job_timeout_s, minimum=1),
+            job_max_attempts=read.integer(
+                "FINDME_JOB_MAX_ATTEMPTS", cls.job_max_attempts, minimum=1
+            ),
+            shutdown_grace_s=read.number("FINDME_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
+            aws_concurrency=read.integer("FINDME_AWS_CONCURRENCY", cls.aws_concurrency, minimum=1),
+            db_pool_size=read.integer("FINDME_DB_POOL_SIZE", cls.db_pool_size, minimum=1),
+            db_max_overflow=read.integer("FINDME_DB_MAX_OVERFLOW", cls.db_max_overflow),
+            db_pool_recycle_s=read.integer("FINDME_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),
+            db_pool_timeout_s=read.integer("FINDME_DB_POOL_TIMEOUT_S", cls.db_pool_timeout_s),
+            session_max_age_s=read.integer(
                 "FINDME_SESSION_MAX_AGE_S", cls.session_max_age_s, minimum=60
             ),
-            thumbnail_px=read.int("FINDME_THUMBNAIL_PX", cls.thumbnail_px, minimum=64),
+            thumbnail_px=read.integer("FINDME_THUMBNAIL_PX", cls.thumbnail_px, minimum=64),
         )
 
     @property

@@ -43,9 +43,7 @@ class DatabaseStorage:
         self, session: AsyncSession, *, photo_id: int, original: bytes, thumbnail: bytes
     ) -> None:
         await session.execute(
-            update(Photo)
-            .where(Photo.id == photo_id)
-            .values(original=original, thumbnail=thumbnail)
+            update(Photo).where(Photo.id == photo_id).values(original=original, thumbnail=thumbnail)
         )
 
     async def stream_original(self, photo_id: int, *, size_bytes: int) -> AsyncIterator[bytes]:

@@ -50,7 +50,7 @@ def safe_filename(raw: str) -> str:
     name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C")
     name = " ".join(name.split()).strip(" .")
     if len(name) > MAX_FILENAME_CHARS:
-        stem, dot, extension = name.rpartition(".")
+        _, dot, extension = name.rpartition(".")
         keep = extension[:10] if dot else ""
         name = name[: MAX_FILENAME_CHARS - len(keep) - 1] + ("." + keep if keep else "")
     return name or "photo"
@@ -123,7 +123,7 @@ async def receive_files(
         raise RequestTooLarge()
 
     events = _PartEvents()
-    parser = MultipartParser(boundary, events.callbacks())
+    parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
     tmp_dir.mkdir(parents=True, exist_ok=True)
     current: ReceivedFile | None = None
     sink: Any = None

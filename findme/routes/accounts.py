@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from findme.auth import hash_password, hash_token, new_api_token, verify_password
+from findme.auth import check_origin, hash_password, hash_token, new_api_token, verify_password
 from findme.db import ApiToken, Role, User, utcnow
 from findme.errors import AlreadyExists, BadRequest, InvalidCredentials, NotFound
 from findme.routes.common import (
@@ -108,6 +108,7 @@ async def register(request: Request) -> Response:
 )
 async def login(request: Request) -> Response:
     state = app_state(request)
+    check_origin(request)
     body = await read_json(request)
     email = str(body.get("email") or "").strip().lower()
     password = str(body.get("password") or "")

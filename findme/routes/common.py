@@ -94,7 +94,9 @@ def text_field(
     return value.strip()
 
 
-def int_param(raw: str | None, name: str, *, default: int | None = None, maximum: int = 2**62) -> int:
+def int_param(
+    raw: str | None, name: str, *, default: int | None = None, maximum: int = 2**62
+) -> int:
     if raw is None or raw == "":
         if default is None:
             raise BadRequest(f"'{name}' is required.")

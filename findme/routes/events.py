@@ -14,7 +14,17 @@ from starlette.routing import Route
 
 from findme import jobs
 from findme.auth import Principal
-from findme.db import Event, EventMember, Face, FaceMatch, Job, JobStatus, Photo, Role
+from findme.db import (
+    Event,
+    EventMember,
+    Face,
+    FaceMatch,
+    Job,
+    JobKind,
+    JobStatus,
+    Photo,
+    Role,
+)
 from findme.errors import BadRequest, Forbidden, NotFound
 from findme.routes.common import (
     api,
@@ -117,7 +127,10 @@ async def list_events(request: Request) -> Response:
     return json_response({"items": items})
 
 
-@api("One event with its counts", responses={200: "{id, name, code, ..., counts}", 403: "not a member"})
+@api(
+    "One event with its counts",
+    responses={200: "{id, name, code, ..., counts}", 403: "not a member"},
+)
 async def get_event(request: Request) -> Response:
     principal = await require_user(request)
     async with app_state(request).db.sessions() as session:
@@ -128,9 +141,7 @@ async def get_event(request: Request) -> Response:
 
 async def _counts(session: AsyncSession, event_id: int) -> dict[str, int]:
     photos = await session.scalar(select(func.count()).where(Photo.event_id == event_id))
-    members = await session.scalar(
-        select(func.count()).where(EventMember.event_id == event_id)
-    )
+    members = await session.scalar(select(func.count()).where(EventMember.event_id == event_id))
     return {"photos": photos or 0, "members": members or 0}
 
 
@@ -176,7 +187,7 @@ async def progress(session: AsyncSession, event_id: int) -> dict[str, int]:
         (
             await session.execute(
                 select(Job.status, func.count())
-                .where(Job.event_id == event_id, Job.kind == jobs.JobKind.process_photo)
+                .where(Job.event_id == event_id, Job.kind == JobKind.process_photo)
                 .group_by(Job.status)
             )
         ).all()
@@ -200,9 +211,7 @@ async def delete_event(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
     async with state.db.transaction() as session:
-        event, _ = await event_for(
-            session, principal, path_id(request, "event_id"), organiser=True
-        )
+        event, _ = await event_for(session, principal, path_id(request, "event_id"), organiser=True)
         photo_ids = list(await session.scalars(select(Photo.id).where(Photo.event_id == event.id)))
         await session.execute(delete(Event).where(Event.id == event.id))
     await state.storage.delete(photo_ids)

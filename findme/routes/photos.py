@@ -84,9 +84,7 @@ async def upload_photos(request: Request) -> Response:
     state = app_state(request)
     settings = state.settings
     async with state.db.sessions() as session:
-        event, _ = await event_for(
-            session, principal, path_id(request, "event_id"), organiser=True
-        )
+        event, _ = await event_for(session, principal, path_id(request, "event_id"), organiser=True)
     received: list[tuple[ReceivedFile, PreparedImage | FindMeError]] = []
     try:
         async for upload in receive_files(
@@ -329,13 +327,11 @@ def _page(request: Request) -> tuple[int | None, int, int]:
     )
 
 
-def _visible_events(principal: Principal) -> Select[tuple[int]]:
+def _visible_events(principal: Principal) -> Select[Any]:
     member_of = select(EventMember.event_id).where(EventMember.user_id == principal.id)
     if principal.is_admin:
         return select(Event.id)
-    return select(Event.id).where(
-        (Event.organiser_id == principal.id) | Event.id.in_(member_of)
-    )
+    return select(Event.id).where((Event.organiser_id == principal.id) | Event.id.in_(member_of))
 
 
 @api(
@@ -401,9 +397,7 @@ async def my_photo_items(
 
 
 routes = [
-    Route(
-        "/api/photographer/events/{event_id}/upload-photos", upload_photos, methods=["POST"]
-    ),
+    Route("/api/photographer/events/{event_id}/upload-photos", upload_photos, methods=["POST"]),
     Route("/api/all-photos", all_photos, methods=["GET"]),
     Route("/api/my-photos", my_photos, methods=["GET"]),
     Route("/api/photo/{photo_id}", photo_original, methods=["GET"]),
