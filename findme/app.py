@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -13,13 +13,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from findme.auth import Authenticator
-from findme.db import Database
 from findme.errors import FindMeError
-from findme.routes import accounts, events, ops, photos
-from findme.routes.common import AppState
+from findme.routes import accounts, admin, events, ops, photos, privacy
+from findme.services import open_services
 from findme.settings import Settings
-from findme.storage import DatabaseStorage
 
 logger = logging.getLogger(__name__)
 
@@ -38,26 +35,18 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        async with AsyncExitStack() as stack:
-            db = Database(settings)
-            stack.push_async_callback(db.aclose)
-            state = AppState(
-                settings=settings,
-                db=db,
-                auth=Authenticator(
-                    db=db,
-                    secret_key=settings.secret_key,
-                    session_max_age_s=settings.session_max_age_s,
-                ),
-                storage=DatabaseStorage(db),
-            )
-            logger.info(
-                "FindMe ready",
-                extra={"action": "startup", "database": db.engine.url.render_as_string()},
-            )
+        async with open_services(settings, run_workers=settings.run_workers) as state:
+            logger.info("FindMe ready", extra={"action": "startup"})
             yield {"findme": state}
 
-    routes: list[BaseRoute] = [*accounts.routes, *events.routes, *photos.routes, *ops.routes]
+    routes: list[BaseRoute] = [
+        *accounts.routes,
+        *privacy.routes,
+        *events.routes,
+        *photos.routes,
+        *admin.routes,
+        *ops.routes,
+    ]
     return Starlette(
         debug=settings.debug,
         routes=routes,

@@ -1,4 +1,4 @@
-"""The `findme` command: migrate, serve, create-user, process."""
+"""The `findme` command: serve, migrate, create-user, process."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import getpass
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from findme.db import Database, Role
@@ -84,6 +85,48 @@ def _create_user(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _process(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the workers without the web server: until stopped, or until the queue is empty."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from findme.services import build_pipeline, open_services
+
+    async def work() -> int:
+        async with open_services(settings, run_workers=False) as state:
+            pipeline = build_pipeline(state)
+            if not args.burst:
+                await pipeline.start()
+                try:
+                    await asyncio.Event().wait()
+                finally:
+                    await pipeline.stop()
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                "{task.fields[summary]}",
+                transient=False,
+            ) as progress:
+                task = progress.add_task("Processing jobs", total=None, summary="")
+
+                def update(outcomes: Counter[str], pending: int) -> None:
+                    finished = outcomes["done"] + outcomes["failed"]
+                    progress.update(
+                        task,
+                        completed=finished,
+                        total=finished + pending,
+                        summary=f"{outcomes['done']} done, {outcomes['failed']} failed, "
+                        f"{outcomes['retried']} to retry, {pending} left",
+                    )
+
+                outcomes = await pipeline.run_burst(update)
+            _say(f"Queue drained: {outcomes['done']} jobs done, {outcomes['failed']} failed.")
+            return 1 if outcomes["failed"] else 0
+
+    return asyncio.run(work())
+
+
 def _say(message: str) -> None:
     sys.stdout.write(message + "\n")
 
@@ -103,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--name", required=True)
     create.add_argument("--role", choices=[role.value for role in Role], default="attendee")
     create.set_defaults(run=_create_user)
+    process = commands.add_parser("process", help="run the photo workers without the web server")
+    process.add_argument(
+        "--burst", action="store_true", help="drain the queue, show progress, then exit"
+    )
+    process.set_defaults(run=_process)
     return parser
 
 

@@ -86,7 +86,6 @@ class JobStatus(enum.StrEnum):
 class JobKind(enum.StrEnum):
     process_photo = "process_photo"
     match_member = "match_member"
-    purge_expired = "purge_expired"
 
 
 NAMING = {
@@ -227,7 +226,8 @@ class FaceMatch(Base):
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"))
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
-    face_id: Mapped[int | None] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"))
+    # Purging face data (retention) keeps the match: it is not biometric, the face is.
+    face_id: Mapped[int | None] = mapped_column(ForeignKey("faces.id", ondelete="SET NULL"))
     distance: Mapped[float] = mapped_column(Float)
     matched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

@@ -64,10 +64,16 @@ class NotFound(FindMeError):
     code = "not_found"
 
 
-class AlreadyExists(FindMeError):
-    """This already exists."""
+class Conflict(FindMeError):
+    """This conflicts with the current state."""
 
     status_code = 409
+    code = "conflict"
+
+
+class AlreadyExists(Conflict):
+    """This already exists."""
+
     code = "already_exists"
 
 

@@ -121,6 +121,7 @@ class Settings:
     job_lease_s: int = 60
     job_timeout_s: int = 300
     job_max_attempts: int = 3
+    job_retry_base_s: float = 2.0
     shutdown_grace_s: float = 10.0
     aws_concurrency: int = 10
     db_pool_size: int = 5
@@ -185,6 +186,7 @@ class Settings:
             job_max_attempts=read.integer(
                 "FINDME_JOB_MAX_ATTEMPTS", cls.job_max_attempts, minimum=1
             ),
+            job_retry_base_s=read.number("FINDME_JOB_RETRY_BASE_S", cls.job_retry_base_s),
             shutdown_grace_s=read.number("FINDME_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             aws_concurrency=read.integer("FINDME_AWS_CONCURRENCY", cls.aws_concurrency, minimum=1),
             db_pool_size=read.integer("FINDME_DB_POOL_SIZE", cls.db_pool_size, minimum=1),

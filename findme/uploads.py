@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from findme.errors import BadRequest, TooLarge, UnsupportedMedia
 
 MAX_FILENAME_CHARS = 200
+MAX_FIELD_BYTES = 1024
 
 
 class RequestTooLarge(TooLarge):
@@ -97,18 +98,27 @@ class _PartEvents:
     def _headers_finished(self) -> None:
         _, options = parse_options_header(self._disposition)
         filename = options.get(b"filename")
-        name = None if filename is None else filename.decode("utf-8", "replace")
-        self.events.append(("begin", name))
+        if filename is None:
+            field_name = options.get(b"name", b"").decode("utf-8", "replace")
+            self.events.append(("field", field_name))
+        else:
+            self.events.append(("begin", filename.decode("utf-8", "replace")))
 
 
 async def receive_files(
-    request: Request, *, tmp_dir: Path, max_file_bytes: int, max_request_bytes: int, max_files: int
+    request: Request,
+    *,
+    tmp_dir: Path,
+    max_file_bytes: int,
+    max_request_bytes: int,
+    max_files: int,
+    fields: dict[str, str] | None = None,
 ) -> AsyncIterator[ReceivedFile]:
     """Yield each file part of a multipart request once it is completely on disk.
 
     Files over `max_file_bytes` are drained without being kept (`too_large`); a request over
-    `max_request_bytes` or with more than `max_files` files fails as a whole. The caller owns
-    the yielded files' paths and must delete them.
+    `max_request_bytes` or with more than `max_files` files fails as a whole. Short text fields
+    are collected into `fields`. The caller owns the yielded files' paths and must delete them.
     """
     content_type, params = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data":
@@ -126,6 +136,7 @@ async def receive_files(
     parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
     tmp_dir.mkdir(parents=True, exist_ok=True)
     current: ReceivedFile | None = None
+    field: tuple[str, bytearray] | None = None
     sink: Any = None
     received_bytes = 0
     files = 0
@@ -139,7 +150,17 @@ async def receive_files(
             except Exception as error:
                 raise MalformedUpload() from error
             for kind, value in events.events:
-                if kind == "begin" and value is not None:
+                if kind == "field":
+                    field = (value, bytearray())
+                elif kind == "data" and field is not None:
+                    if len(field[1]) + len(value) > MAX_FIELD_BYTES:
+                        raise MalformedUpload(f"The form field {field[0]!r} is too long.")
+                    field[1].extend(value)
+                elif kind == "end" and field is not None:
+                    if fields is not None:
+                        fields[field[0]] = field[1].decode("utf-8", "replace")
+                    field = None
+                elif kind == "begin":
                     files += 1
                     if files > max_files:
                         raise BadRequest(

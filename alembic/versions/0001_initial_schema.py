@@ -155,7 +155,7 @@ def upgrade() -> None:
     sa.Column('distance', sa.Float(), nullable=False),
     sa.Column('matched_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['event_id'], ['events.id'], name=op.f('fk_face_matches_event_id_events'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['face_id'], ['faces.id'], name=op.f('fk_face_matches_face_id_faces'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['face_id'], ['faces.id'], name=op.f('fk_face_matches_face_id_faces'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['photo_id'], ['photos.id'], name=op.f('fk_face_matches_photo_id_photos'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_face_matches_user_id_users'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_face_matches')),

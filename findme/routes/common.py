@@ -5,36 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
-from findme.auth import Authenticator, Principal, check_csrf
-from findme.db import Database, Role
+from findme.auth import Principal, check_csrf
+from findme.db import Role
 from findme.errors import BadRequest, NotSignedIn
-from findme.settings import Settings
-from findme.storage import PhotoStorage
-
-if TYPE_CHECKING:
-    from findme.pipeline import Pipeline
+from findme.services import AppState
 
 MAX_JSON_BYTES = 64 * 1024
 
 Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-@dataclass
-class AppState:
-    """Everything the lifespan opens, reachable from any request."""
-
-    settings: Settings
-    db: Database
-    auth: Authenticator
-    storage: PhotoStorage
-    pipeline: Pipeline | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def app_state(connection: HTTPConnection) -> AppState:

@@ -22,7 +22,6 @@ from findme.db import Event, EventMember, Face, FaceMatch, Photo, RejectedMatch,
 from findme.errors import AlreadyExists, BadRequest, FindMeError, NotFound, TooLarge
 from findme.images import CorruptImage, PreparedImage, prepare_upload
 from findme.routes.common import (
-    AppState,
     api,
     app_state,
     int_param,
@@ -32,6 +31,7 @@ from findme.routes.common import (
     require_user,
 )
 from findme.routes.events import event_for
+from findme.services import AppState
 from findme.uploads import ReceivedFile, receive_files
 
 logger = logging.getLogger(__name__)
@@ -314,6 +314,7 @@ async def not_me(request: Request) -> Response:
         )
         if await session.get(RejectedMatch, (photo.id, principal.id)) is None:
             session.add(RejectedMatch(photo_id=photo.id, user_id=principal.id))
+    await state.on_matches_changed({principal.id})
     return Response(status_code=204)
 
 

@@ -1,0 +1,257 @@
+"""Worker coroutines over the durable jobs table.
+
+A feeder claims due jobs (most urgent first) into an `asyncio.Queue`; N workers run them under
+a timeout; a heartbeat renews the leases of every job this instance holds. Stopping stops the
+claims, gives running jobs a grace period, and hands everything unfinished back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import statistics
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from findme import jobs
+from findme.db import Database, JobKind
+from findme.errors import FindMeError
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[jobs.ClaimedJob], Awaitable[None]]
+ProgressCallback = Callable[[Counter[str], int], None]
+TIMINGS_KEPT = 1000
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        handlers: Mapping[JobKind, Handler],
+        workers: int,
+        lease_s: float,
+        timeout_s: float,
+        grace_s: float,
+        retry_base_s: float,
+        housekeeping: Callable[[], Awaitable[None]] | None = None,
+        housekeeping_interval_s: float = 3600.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self._db = db
+        self._handlers = handlers
+        self._workers = workers
+        self._lease_s = lease_s
+        self._timeout_s = timeout_s
+        self._grace_s = grace_s
+        self._poll_s = poll_s
+        self._retry_base_s = retry_base_s
+        self._housekeeping = housekeeping
+        self._housekeeping_interval_s = housekeeping_interval_s
+        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._queue: asyncio.Queue[jobs.ClaimedJob] = asyncio.Queue()
+        self._held: dict[str, jobs.ClaimedJob] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._job_done = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.active = 0
+        self.outcomes: Counter[str] = Counter()
+        self.timings: dict[str, deque[float]] = {
+            kind.value: deque(maxlen=TIMINGS_KEPT) for kind in JobKind
+        }
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not self._stopping.is_set()
+
+    def notify(self) -> None:
+        """New jobs were written: claim now rather than at the next poll."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._stopping.clear()
+        self._tasks = [
+            asyncio.create_task(self._feed(), name="pipeline-feeder"),
+            asyncio.create_task(self._heartbeat(), name="pipeline-heartbeat"),
+            asyncio.create_task(self._housekeep(), name="pipeline-housekeeping"),
+            *(
+                asyncio.create_task(self._work(), name=f"pipeline-worker-{index}")
+                for index in range(self._workers)
+            ),
+        ]
+        logger.info(
+            "pipeline started with %d workers",
+            self._workers,
+            extra={"action": "pipeline_start", "instance": self.instance},
+        )
+
+    async def stop(self) -> None:
+        """Stop claiming, let running jobs finish for the grace period, release the rest."""
+        if not self._tasks:
+            return
+        self._stopping.set()
+        self._wake.set()
+        waiting: list[jobs.ClaimedJob] = []
+        while not self._queue.empty():
+            waiting.append(self._queue.get_nowait())
+        for job in waiting:
+            self._held.pop(job.token, None)
+        deadline = time.monotonic() + self._grace_s
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        unfinished = waiting + list(self._held.values())
+        self._held.clear()
+        await jobs.release(self._db, unfinished)
+        logger.info(
+            "pipeline stopped; %d unfinished jobs returned to the queue",
+            len(unfinished),
+            extra={"action": "pipeline_stop", "instance": self.instance},
+        )
+
+    async def __aenter__(self) -> Pipeline:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def run_burst(self, on_progress: ProgressCallback | None = None) -> Counter[str]:
+        """Work until no job is queued or running anywhere, then stop (tests, the CLI)."""
+        await self.start()
+        try:
+            while True:
+                pending = await jobs.pending_count(self._db)
+                if on_progress is not None:
+                    on_progress(self.outcomes, pending)
+                if pending == 0:
+                    break
+                self._job_done.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._job_done.wait(), self._poll_s)
+        finally:
+            await self.stop()
+        return self.outcomes
+
+    async def _feed(self) -> None:
+        while not self._stopping.is_set():
+            free = self._workers - self._queue.qsize() - self.active
+            claimed: list[jobs.ClaimedJob] = []
+            if free > 0:
+                try:
+                    claimed = await jobs.claim(
+                        self._db, token_prefix=self.instance, limit=free, lease_s=self._lease_s
+                    )
+                except Exception:
+                    logger.exception("claiming jobs failed", extra={"action": "claim_error"})
+            for job in claimed:
+                self._held[job.token] = job
+                self._queue.put_nowait(job)
+            if len(claimed) < free or free <= 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_s)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_s / 3)
+            try:
+                await jobs.renew(self._db, list(self._held), lease_s=self._lease_s)
+            except Exception:
+                logger.exception("renewing leases failed", extra={"action": "heartbeat_error"})
+
+    async def _housekeep(self) -> None:
+        while self._housekeeping is not None:
+            try:
+                await self._housekeeping()
+            except Exception:
+                logger.exception("housekeeping failed", extra={"action": "housekeeping_error"})
+            await asyncio.sleep(self._housekeeping_interval_s)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            self.active += 1
+            try:
+                await self._run(job)
+            finally:
+                self.active -= 1
+                self._held.pop(job.token, None)
+                self._job_done.set()
+                self._wake.set()
+
+    async def _run(self, job: jobs.ClaimedJob) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._handlers[job.kind](job)
+        except TimeoutError:
+            await self._record_failure(job, f"timed out after {self._timeout_s:.0f} s", started)
+        except asyncio.CancelledError:
+            raise  # shutdown: the job is released, not failed
+        except Exception as error:
+            logger.warning(
+                "job %d (%s) failed: %s",
+                job.id,
+                job.kind.value,
+                error,
+                exc_info=not isinstance(error, FindMeError),
+                extra={"action": "job_error", "job_id": job.id},
+            )
+            await self._record_failure(job, _describe(error), started)
+        else:
+            # Shielded: a shutdown arriving now must not leave a finished job marked running.
+            owned = await asyncio.shield(jobs.finish(self._db, job))
+            elapsed = time.perf_counter() - started
+            self.outcomes["done" if owned else "lost_lease"] += 1
+            self.timings[job.kind.value].append(elapsed)
+            logger.info(
+                "job %d %s done in %.2f s",
+                job.id,
+                job.kind.value,
+                elapsed,
+                extra={"action": "job_done", "job_id": job.id, "duration_s": round(elapsed, 3)},
+            )
+
+    async def _record_failure(self, job: jobs.ClaimedJob, error: str, started: float) -> None:
+        status = await asyncio.shield(
+            jobs.fail(self._db, job, error, retry_base_s=self._retry_base_s)
+        )
+        self.outcomes["failed" if status == "failed" else "retried"] += 1
+        logger.info(
+            "job %d %s: %s after %.2f s",
+            job.id,
+            job.kind.value,
+            "failed for good" if status == "failed" else "will retry",
+            time.perf_counter() - started,
+            extra={"action": "job_failed", "job_id": job.id},
+        )
+
+    def timing_stats(self) -> dict[str, dict[str, Any]]:
+        summary: dict[str, dict[str, Any]] = {}
+        for kind, values in self.timings.items():
+            ordered = sorted(values)
+            summary[kind] = {
+                "count": len(ordered),
+                "avg_s": round(statistics.fmean(ordered), 3) if ordered else None,
+                "p50_s": round(ordered[len(ordered) // 2], 3) if ordered else None,
+                "p95_s": round(ordered[int(len(ordered) * 0.95)], 3) if ordered else None,
+            }
+        return summary
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, FindMeError):
+        return error.detail
+    return f"{type(error).__name__}: {error}"[:2000]

@@ -1,0 +1,343 @@
+"""The local recognition engine: dlib's HOG face detector and 128-d ResNet face descriptor.
+
+The face code is pure and synchronous; `LocalRecognizer` runs it in a pool of processes so the
+event loop never does (dlib holds the GIL). See docs/RECOGNITION.md for the measurements behind
+the constants below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import io
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import dlib
+import numpy as np
+import pillow_heif
+from PIL import Image, ImageOps
+
+from findme.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+pillow_heif.register_heif_opener()
+
+# dlib's examples use 0.6, which favours recall. On the shared faces (bench/calibrate_threshold.py)
+# the same person is at most 0.521 apart and different people at least 0.702: 0.55 keeps every
+# true match and stays 0.15 clear of a false one (docs/RECOGNITION.md).
+DEFAULT_MATCH_THRESHOLD = 0.55
+
+DESCRIPTOR_BYTES = 128 * 4
+_DESCRIPTOR_DTYPE = np.dtype("<f4")
+
+# Face size (box width, in scanned pixels) from which the HOG detector (upsample 0, 80 px
+# window) finds every face of the shared set; it starts to miss some below ~64 px.
+_RELIABLE_FACE_PX = 80
+# Photos are never scanned smaller than this on their long side (nor upscaled to reach it), so a
+# web-sized photo keeps faces of 1/20 of its long side whatever `min_face_px` says.
+_MIN_SCAN_PX = 1600
+# Upscaling to honour a tiny `min_face_px` stops here: beyond, the scan would not fit in memory.
+_MAX_UPSCALE = 2.0
+# Selfies are close-ups: a face of 1/13 of the long side is found at this scan size.
+_SELFIE_SCAN_PX = 1024
+# The descriptor sees a 150 px chip (face ~100 px + 25 % padding): pixels are decoded at a scale
+# where the smallest face the scan can find still covers the chip without being upscaled.
+_CHIP_PX = 150
+# Landmarks and descriptor run on a crop this many face widths around the box, not the photo.
+_CROP_PADDING = 0.5
+
+
+class UnreadableImage(ValueError):
+    """The file is not an image that can be read."""
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or (self.__doc__ or "").strip())
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    # left, top, right, bottom in the pixels of the EXIF-oriented full-resolution image
+    box: tuple[int, int, int, int]
+    # 128 float32 little-endian
+    descriptor: bytes
+
+
+@dataclass(frozen=True)
+class FaceAnalysis:
+    width: int
+    height: int
+    faces: tuple[DetectedFace, ...]
+
+
+@dataclass(frozen=True)
+class _Models:
+    detector: Any
+    predictor: Any
+    encoder: Any
+
+
+_models: _Models | None = None
+
+
+def _models_dir() -> Path:
+    """The folder of dlib model files shipped by the face_recognition_models package."""
+    # Importing face_recognition_models would import pkg_resources, which setuptools dropped.
+    spec = importlib.util.find_spec("face_recognition_models")
+    folder = Path(next(iter(spec.submodule_search_locations or ()), "")) if spec else None
+    if folder is None or not (folder / "models").is_dir():
+        raise ConfigurationError(
+            "The dlib model files were not found: install the face-recognition-models package."
+        )
+    return folder / "models"
+
+
+def _load_models() -> _Models:
+    global _models
+    if _models is None:
+        folder = _models_dir()
+        _models = _Models(
+            detector=dlib.get_frontal_face_detector(),
+            predictor=dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
+            encoder=dlib.face_recognition_model_v1(
+                str(folder / "dlib_face_recognition_resnet_model_v1.dat")
+            ),
+        )
+    return _models
+
+
+def photo_scan_scale(width: int, height: int, *, min_face_px: int) -> float:
+    """The scale at which an event photo is scanned so faces of `min_face_px` are found."""
+    wanted = _RELIABLE_FACE_PX / min_face_px
+    small_photo = min(1.0, _MIN_SCAN_PX / max(width, height))
+    return min(max(wanted, small_photo), _MAX_UPSCALE)
+
+
+def analyse_photo(data: bytes, *, min_face_px: int) -> FaceAnalysis:
+    """Find the faces of an event photo and describe each one."""
+    return _analyse(data, lambda w, h: photo_scan_scale(w, h, min_face_px=min_face_px))
+
+
+def analyse_selfie(data: bytes) -> FaceAnalysis:
+    """Find the faces of a selfie (the caller wants exactly one) and describe each one."""
+    return _analyse(data, lambda w, h: min(1.0, _SELFIE_SCAN_PX / max(w, h)))
+
+
+def _analyse(data: bytes, scan_scale: Callable[[int, int], float]) -> FaceAnalysis:
+    started = time.perf_counter()
+    models = _load_models()
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = _oriented_size(image)
+        scale = scan_scale(width, height)
+        # Decode only as many pixels as the scan and the descriptor chips need: a JPEG's draft
+        # mode skips much of the work when 1/2, 1/4 or 1/8 of the size is enough.
+        decode_scale = min(1.0, scale * _CHIP_PX / _RELIABLE_FACE_PX)
+        if decode_scale < 1.0:
+            image.draft(
+                "RGB",
+                (math.ceil(image.width * decode_scale), math.ceil(image.height * decode_scale)),
+            )
+        pixels = _to_rgb(ImageOps.exif_transpose(image))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
+
+    scan_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    gray = pixels.convert("L")
+    if gray.size != scan_size:
+        gray = gray.resize(scan_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    found = models.detector(np.asarray(gray), 0)
+
+    # Scanned pixels -> decoded pixels (for the descriptor) and -> full-resolution pixels.
+    to_pixels = (pixels.width / scan_size[0], pixels.height / scan_size[1])
+    to_full = (width / scan_size[0], height / scan_size[1])
+    faces = []
+    for rect in found:
+        scanned = (rect.left(), rect.top(), rect.right(), rect.bottom())
+        box = (
+            max(0, round(scanned[0] * to_full[0])),
+            max(0, round(scanned[1] * to_full[1])),
+            min(width, round(scanned[2] * to_full[0])),
+            min(height, round(scanned[3] * to_full[1])),
+        )
+        descriptor = _describe(models, pixels, _scale_box(scanned, to_pixels))
+        faces.append(DetectedFace(box=box, descriptor=descriptor))
+    logger.debug(
+        "Found %d faces in a %dx%d image scanned at %dx%d (decoded %dx%d) in %.2f s",
+        len(faces),
+        width,
+        height,
+        *scan_size,
+        *pixels.size,
+        time.perf_counter() - started,
+        extra={"action": "analyse_image"},
+    )
+    return FaceAnalysis(width=width, height=height, faces=tuple(faces))
+
+
+def _oriented_size(image: Image.Image) -> tuple[int, int]:
+    # EXIF orientations 5-8 swap width and height.
+    if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+        return image.height, image.width
+    return image.size
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        # Transparent areas become white rather than whatever colour hides under the alpha.
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def _scale_box(
+    box: tuple[int, int, int, int], factor: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    return (
+        round(box[0] * factor[0]),
+        round(box[1] * factor[1]),
+        round(box[2] * factor[0]),
+        round(box[3] * factor[1]),
+    )
+
+
+def _describe(models: _Models, pixels: Image.Image, box: tuple[int, int, int, int]) -> bytes:
+    """Landmarks and descriptor of one face, computed on a padded crop around its box."""
+    left, top, right, bottom = box
+    pad = round((right - left) * _CROP_PADDING)
+    crop_left, crop_top = max(0, left - pad), max(0, top - pad)
+    crop = np.asarray(
+        pixels.crop(
+            (crop_left, crop_top, min(pixels.width, right + pad), min(pixels.height, bottom + pad))
+        )
+    )
+    rect = dlib.rectangle(left - crop_left, top - crop_top, right - crop_left, bottom - crop_top)
+    shape = models.predictor(crop, rect)
+    vector = np.asarray(models.encoder.compute_face_descriptor(crop, shape), _DESCRIPTOR_DTYPE)
+    return vector.tobytes()
+
+
+def descriptor_distance(a: bytes, b: bytes) -> float:
+    """Euclidean distance between two descriptors: below ~0.5 is the same person."""
+    va = np.frombuffer(a, _DESCRIPTOR_DTYPE).astype(np.float64)
+    vb = np.frombuffer(b, _DESCRIPTOR_DTYPE).astype(np.float64)
+    return float(np.linalg.norm(va - vb))
+
+
+def nearest_member(
+    face: bytes, members: Mapping[int, bytes], *, threshold: float
+) -> tuple[int, float] | None:
+    """The one member nearest to `face` if closer than `threshold`: a face is never matched to
+    several look-alikes."""
+    if not members:
+        return None
+    ids = list(members)
+    selfies = np.frombuffer(b"".join(members.values()), _DESCRIPTOR_DTYPE).reshape(len(ids), -1)
+    distances = np.linalg.norm(
+        selfies.astype(np.float64) - np.frombuffer(face, _DESCRIPTOR_DTYPE), axis=1
+    )
+    best = int(np.argmin(distances))
+    if distances[best] < threshold:
+        return ids[best], float(distances[best])
+    return None
+
+
+def _init_worker() -> None:
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _load_models()
+
+
+def _worker_pid() -> int:
+    # Long enough that one ready worker cannot take every warm-up call.
+    time.sleep(0.05)
+    return os.getpid()
+
+
+class LocalRecognizer:
+    """Runs the face code in a pool of processes that each load the dlib models once."""
+
+    def __init__(self, *, processes: int, min_face_px: int) -> None:
+        self.processes = processes
+        self.min_face_px = min_face_px
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def __aenter__(self) -> LocalRecognizer:
+        _models_dir()  # fail at startup, not in every worker
+        self._pool = self._new_pool()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Waiting for a running call to finish must not block the event loop.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def warm_up(self) -> None:
+        """Start every worker process and load its models, so the first photo is not slow."""
+        started = time.perf_counter()
+        seen: set[int] = set()
+        while len(seen) < self.processes:
+            calls = [self._run(_worker_pid) for _ in range(self.processes)]
+            seen.update(await asyncio.gather(*calls))
+        logger.info(
+            "Face recognition ready in %d processes (%.1f s)",
+            self.processes,
+            time.perf_counter() - started,
+            extra={"action": "recognizer_warm_up"},
+        )
+
+    async def analyse_photo(self, data: bytes) -> FaceAnalysis:
+        return await self._run(functools.partial(analyse_photo, data, min_face_px=self.min_face_px))
+
+    async def analyse_selfie(self, data: bytes) -> FaceAnalysis:
+        return await self._run(functools.partial(analyse_selfie, data))
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        )
+
+    async def _run(self, call: Callable[[], _T]) -> _T:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("LocalRecognizer is not open: use it as `async with`.")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, call)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): start a fresh pool and try once more.
+            if self._pool is pool:
+                logger.warning(
+                    "A face recognition process died; restarting the pool",
+                    extra={"action": "recognizer_restart"},
+                )
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            if self._pool is None:
+                raise
+            return await loop.run_in_executor(self._pool, call)

@@ -1,0 +1,98 @@
+"""Everything a FindMe process opens: database, storage, recognizer, and maybe the workers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from findme.auth import Authenticator
+from findme.db import Database
+from findme.matching import Matcher, purge_expired_faces
+from findme.pipeline import Pipeline
+from findme.recognition import LocalRecognizer
+from findme.settings import Settings
+from findme.storage import DatabaseStorage, PhotoStorage
+
+logger = logging.getLogger(__name__)
+
+MatchesChanged = Callable[[set[int]], Awaitable[None]]
+HOUSEKEEPING_INTERVAL_S = 3600.0
+
+
+@dataclass
+class AppState:
+    """What the lifespan opens, reachable from any request as `request.state.findme`."""
+
+    settings: Settings
+    db: Database
+    auth: Authenticator
+    storage: PhotoStorage
+    recognizer: LocalRecognizer
+    pipeline: Pipeline | None = None
+    match_listeners: list[MatchesChanged] = field(default_factory=list)
+
+    async def on_matches_changed(self, user_ids: set[int]) -> None:
+        """Tell whoever shows these users' photos (caches, live streams) to look again."""
+        for listener in self.match_listeners:
+            await listener(user_ids)
+
+    def cache_stats(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterator[AppState]:
+    async with AsyncExitStack() as stack:
+        db = Database(settings)
+        stack.push_async_callback(db.aclose)
+        recognizer = await stack.enter_async_context(
+            LocalRecognizer(processes=settings.engine_processes, min_face_px=settings.min_face_px)
+        )
+        state = AppState(
+            settings=settings,
+            db=db,
+            auth=Authenticator(
+                db=db, secret_key=settings.secret_key, session_max_age_s=settings.session_max_age_s
+            ),
+            storage=DatabaseStorage(db),
+            recognizer=recognizer,
+        )
+        if run_workers:
+            # Models load in the background: requests are served while the engine warms up.
+            warm_up = asyncio.create_task(recognizer.warm_up())
+            stack.callback(warm_up.cancel)
+            state.pipeline = build_pipeline(state)
+            await stack.enter_async_context(state.pipeline)
+        yield state
+
+
+def build_pipeline(state: AppState) -> Pipeline:
+    settings = state.settings
+    matcher = Matcher(
+        db=state.db,
+        storage=state.storage,
+        recognizer=state.recognizer,
+        threshold=settings.match_threshold,
+        on_matches_changed=state.on_matches_changed,
+    )
+
+    async def housekeeping() -> None:
+        purged = await purge_expired_faces(state.db, retention_days=settings.retention_days)
+        if purged:
+            logger.info("purged %d expired faces", purged, extra={"action": "retention_purge"})
+
+    return Pipeline(
+        db=state.db,
+        handlers=matcher.handlers(),
+        workers=settings.workers,
+        lease_s=settings.job_lease_s,
+        timeout_s=settings.job_timeout_s,
+        grace_s=settings.shutdown_grace_s,
+        retry_base_s=settings.job_retry_base_s,
+        housekeeping=housekeeping,
+        housekeeping_interval_s=HOUSEKEEPING_INTERVAL_S,
+    )
