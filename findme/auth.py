@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from findme.cache import AsyncCache
 from findme.db import ApiToken, BrowserSession, Database, Role, User, utcnow
 from findme.errors import CsrfFailed, Forbidden, NotSignedIn
 
@@ -69,8 +70,16 @@ class Principal:
 class Authenticator:
     """Issues and checks session cookies and bearer tokens."""
 
-    def __init__(self, *, db: Database, secret_key: str, session_max_age_s: int) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        secret_key: str,
+        session_max_age_s: int,
+        users: AsyncCache[User | None],
+    ) -> None:
         self._db = db
+        self._users = users
         self._signer = URLSafeTimedSerializer(secret_key, salt="findme-session")
         self._max_age_s = session_max_age_s
 
@@ -119,19 +128,25 @@ class Authenticator:
         if scheme.lower() != "bearer" or not token.strip():
             raise NotSignedIn("Send the API token as: Authorization: Bearer <token>.")
         async with self._db.transaction() as session:
-            row = (
-                await session.execute(
-                    select(ApiToken, User)
-                    .join(User, User.id == ApiToken.user_id)
-                    .where(ApiToken.token_hash == hash_token(token.strip()))
-                )
-            ).first()
-            if row is None or row.ApiToken.revoked_at is not None:
+            row = await session.scalar(
+                select(ApiToken).where(ApiToken.token_hash == hash_token(token.strip()))
+            )
+            if row is None or row.revoked_at is not None:
                 raise NotSignedIn("This API token is unknown or revoked. Create a new one.")
             await session.execute(
-                update(ApiToken).where(ApiToken.id == row.ApiToken.id).values(last_used_at=utcnow())
+                update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow())
             )
-            return Principal(user=row.User)
+            user = await self.user(session, row.user_id)
+        if user is None:
+            raise NotSignedIn("This API token is unknown or revoked. Create a new one.")
+        return Principal(user=user)
+
+    async def user(self, session: AsyncSession, user_id: int) -> User | None:
+        """The account, from the users cache (60 s) or the database."""
+        return await self._users.get((user_id,), lambda: session.get(User, user_id))
+
+    def forget_users(self, user_ids: set[int]) -> None:
+        self._users.invalidate(set(user_ids))
 
     async def _from_cookie(self, cookie: str) -> Principal | None:
         try:
@@ -139,14 +154,13 @@ class Authenticator:
         except BadSignature:
             return None
         async with self._db.sessions() as session:
-            row = (
-                await session.execute(
-                    select(BrowserSession, User)
-                    .join(User, User.id == BrowserSession.user_id)
-                    .where(BrowserSession.id == session_id, BrowserSession.expires_at > utcnow())
+            browser = await session.scalar(
+                select(BrowserSession).where(
+                    BrowserSession.id == session_id, BrowserSession.expires_at > utcnow()
                 )
-            ).first()
-        return None if row is None else Principal(user=row.User, session=row.BrowserSession)
+            )
+            user = None if browser is None else await self.user(session, browser.user_id)
+        return None if browser is None or user is None else Principal(user=user, session=browser)
 
 
 def check_origin(connection: HTTPConnection) -> None:

@@ -153,14 +153,17 @@ def _analyse(data: bytes, scan_scale: Callable[[int, int], float]) -> FaceAnalys
                 "RGB",
                 (math.ceil(image.width * decode_scale), math.ceil(image.height * decode_scale)),
             )
-        pixels = _to_rgb(ImageOps.exif_transpose(image))
+        image.load()
+        # In place: a copy of a 24 MP photo costs more than the decoding it follows.
+        ImageOps.exif_transpose(image, in_place=True)
+        pixels = _to_rgb(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
 
     scan_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     gray = pixels.convert("L")
     if gray.size != scan_size:
-        gray = gray.resize(scan_size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        gray = gray.resize(scan_size, Image.Resampling.BILINEAR, reducing_gap=1.0)
     found = models.detector(np.asarray(gray), 0)
 
     # Scanned pixels -> decoded pixels (for the descriptor) and -> full-resolution pixels.
@@ -204,7 +207,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         flat = Image.new("RGB", rgba.size, (255, 255, 255))
         flat.paste(rgba, mask=rgba.getchannel("A"))
         return flat
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _scale_box(

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+from sqlalchemy.engine import make_url
 
 from findme.auth import Authenticator
+from findme.cache import Caches
 from findme.db import Database
+from findme.live import MatchFeed
 from findme.matching import Matcher, purge_expired_faces
 from findme.pipeline import Pipeline
 from findme.recognition import LocalRecognizer
@@ -19,7 +22,6 @@ from findme.storage import DatabaseStorage, PhotoStorage
 
 logger = logging.getLogger(__name__)
 
-MatchesChanged = Callable[[set[int]], Awaitable[None]]
 HOUSEKEEPING_INTERVAL_S = 3600.0
 
 
@@ -32,16 +34,13 @@ class AppState:
     auth: Authenticator
     storage: PhotoStorage
     recognizer: LocalRecognizer
+    caches: Caches
+    feed: MatchFeed
     pipeline: Pipeline | None = None
-    match_listeners: list[MatchesChanged] = field(default_factory=list)
 
     async def on_matches_changed(self, user_ids: set[int]) -> None:
-        """Tell whoever shows these users' photos (caches, live streams) to look again."""
-        for listener in self.match_listeners:
-            await listener(user_ids)
-
-    def cache_stats(self) -> dict[str, dict[str, Any]]:
-        return {}
+        """Tell whoever shows these users' photos (caches, live pages, other instances)."""
+        await self.feed.publish(user_ids)
 
 
 @asynccontextmanager
@@ -52,14 +51,24 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
         recognizer = await stack.enter_async_context(
             LocalRecognizer(processes=settings.engine_processes, min_face_px=settings.min_face_px)
         )
+        caches = Caches.create()
+        feed = await stack.enter_async_context(
+            MatchFeed(postgres_dsn=None if db.is_sqlite else _asyncpg_dsn(settings.database_url))
+        )
+        feed.add_listener(caches.matches_changed)
         state = AppState(
             settings=settings,
             db=db,
             auth=Authenticator(
-                db=db, secret_key=settings.secret_key, session_max_age_s=settings.session_max_age_s
+                db=db,
+                secret_key=settings.secret_key,
+                session_max_age_s=settings.session_max_age_s,
+                users=caches.users,
             ),
             storage=DatabaseStorage(db),
             recognizer=recognizer,
+            caches=caches,
+            feed=feed,
         )
         if run_workers:
             # Models load in the background: requests are served while the engine warms up.
@@ -68,6 +77,10 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             state.pipeline = build_pipeline(state)
             await stack.enter_async_context(state.pipeline)
         yield state
+
+
+def _asyncpg_dsn(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def build_pipeline(state: AppState) -> Pipeline:

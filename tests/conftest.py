@@ -89,9 +89,9 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
-    """The real app under uvicorn on a free local port, in this event loop."""
-    port = free_port()
+async def serve(settings: Settings, *, port: int | None = None) -> AsyncIterator[str]:
+    """The real app under uvicorn on a local port (a free one by default), in this event loop."""
+    port = port or free_port()
     config = uvicorn.Config(
         create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
     )

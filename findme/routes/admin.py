@@ -98,7 +98,15 @@ async def queue_stats(request: Request) -> Response:
         "timings": pipeline.timing_stats() if pipeline is not None else {},
         "outcomes_here": dict(pipeline.outcomes) if pipeline is not None else {},
     }
-    return json_response({"queue": queue, "cache": state.cache_stats()})
+    return json_response({"queue": queue, "cache": state.caches.stats()})
+
+
+@api("Empty the response caches", auth="admin", responses={200: "{cleared:[cache names]}"})
+async def clear_cache(request: Request) -> Response:
+    await require_user(request, Role.admin)
+    caches = app_state(request).caches
+    caches.clear()
+    return json_response({"cleared": [cache.name for cache in caches.all()]})
 
 
 @api(
@@ -156,4 +164,5 @@ routes = [
     Route("/api/admin/jobs", list_jobs, methods=["GET"]),
     Route("/api/admin/queue/jobs/{job_id}", admin_job, methods=["GET"]),
     Route("/api/admin/jobs/{job_id}/retry", retry_job, methods=["POST"]),
+    Route("/api/admin/cache/clear", clear_cache, methods=["POST"]),
 ]

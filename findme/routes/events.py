@@ -36,6 +36,7 @@ from findme.routes.common import (
     require_user,
     text_field,
 )
+from findme.services import AppState
 
 # No 0/O, 1/I/L: codes are read off posters and typed on phones.
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
@@ -60,10 +61,15 @@ def event_json(event: Event, *, role: str) -> dict[str, Any]:
 
 
 async def event_for(
-    session: AsyncSession, principal: Principal, event_id: int, *, organiser: bool = False
+    state: AppState,
+    session: AsyncSession,
+    principal: Principal,
+    event_id: int,
+    *,
+    organiser: bool = False,
 ) -> tuple[Event, str]:
     """The event and the caller's relation to it; 404 unknown, 403 not theirs."""
-    found = await session.get(Event, event_id)
+    found = await state.caches.events.get((event_id,), lambda: session.get(Event, event_id))
     if found is None:
         raise NotFound("There is no event with this id.")
     if found.organiser_id == principal.id:
@@ -88,7 +94,8 @@ async def create_event(request: Request) -> Response:
     body = await read_json(request)
     name = text_field(body, "name", max_chars=200)
     date = _parse_date(body.get("date"))
-    async with app_state(request).db.transaction() as session:
+    state = app_state(request)
+    async with state.db.transaction() as session:
         # Codes are random: a collision is rare, and the unique constraint catches it.
         code = new_event_code()
         while await session.scalar(select(func.count()).where(Event.code == code)):
@@ -113,7 +120,8 @@ def _parse_date(raw: Any) -> dt.date | None:
 @api("Events I organise or joined", responses={200: "{items:[event]}"})
 async def list_events(request: Request) -> Response:
     principal = await require_user(request)
-    async with app_state(request).db.sessions() as session:
+    state = app_state(request)
+    async with state.db.sessions() as session:
         member_of = select(EventMember.event_id).where(EventMember.user_id == principal.id)
         rows = await session.scalars(
             select(Event)
@@ -133,8 +141,9 @@ async def list_events(request: Request) -> Response:
 )
 async def get_event(request: Request) -> Response:
     principal = await require_user(request)
-    async with app_state(request).db.sessions() as session:
-        event, role = await event_for(session, principal, path_id(request, "event_id"))
+    state = app_state(request)
+    async with state.db.sessions() as session:
+        event, role = await event_for(state, session, principal, path_id(request, "event_id"))
         counts = await _counts(session, event.id)
     return json_response({**event_json(event, role=role), "counts": counts})
 
@@ -177,8 +186,9 @@ async def join_event(request: Request) -> Response:
 )
 async def event_progress(request: Request) -> Response:
     principal = await require_user(request)
-    async with app_state(request).db.sessions() as session:
-        event, _ = await event_for(session, principal, path_id(request, "event_id"))
+    state = app_state(request)
+    async with state.db.sessions() as session:
+        event, _ = await event_for(state, session, principal, path_id(request, "event_id"))
         return json_response(await progress(session, event.id))
 
 
@@ -211,9 +221,16 @@ async def delete_event(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
     async with state.db.transaction() as session:
-        event, _ = await event_for(session, principal, path_id(request, "event_id"), organiser=True)
+        event, _ = await event_for(
+            state, session, principal, path_id(request, "event_id"), organiser=True
+        )
         photo_ids = list(await session.scalars(select(Photo.id).where(Photo.event_id == event.id)))
+        matched = set(
+            await session.scalars(select(FaceMatch.user_id).where(FaceMatch.event_id == event.id))
+        )
         await session.execute(delete(Event).where(Event.id == event.id))
+    state.caches.events.invalidate({event.id})
+    await state.on_matches_changed(matched)
     await state.storage.delete(photo_ids)
     return Response(status_code=204)
 

@@ -84,7 +84,9 @@ async def upload_photos(request: Request) -> Response:
     state = app_state(request)
     settings = state.settings
     async with state.db.sessions() as session:
-        event, _ = await event_for(session, principal, path_id(request, "event_id"), organiser=True)
+        event, _ = await event_for(
+            state, session, principal, path_id(request, "event_id"), organiser=True
+        )
     received: list[tuple[ReceivedFile, PreparedImage | FindMeError]] = []
     try:
         async for upload in receive_files(
@@ -205,12 +207,14 @@ async def _remove(path: Path) -> None:
         pass
 
 
-async def viewable_photo(session: AsyncSession, principal: Principal, photo_id: int) -> Photo:
+async def viewable_photo(
+    state: AppState, session: AsyncSession, principal: Principal, photo_id: int
+) -> Photo:
     """The photo if the caller may see it: its event's organiser, a member, or an admin."""
     photo = await session.get(Photo, photo_id)
     if photo is None:
         raise NotFound("There is no photo with this id.")
-    await event_for(session, principal, photo.event_id)
+    await event_for(state, session, principal, photo.event_id)
     return photo
 
 
@@ -237,7 +241,7 @@ async def photo_original(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
     async with state.db.sessions() as session:
-        photo = await viewable_photo(session, principal, path_id(request, "photo_id"))
+        photo = await viewable_photo(state, session, principal, path_id(request, "photo_id"))
     etag = f'"{photo.sha256}"'
     cached = _not_modified(request, etag)
     if cached is not None:
@@ -267,7 +271,7 @@ async def photo_thumbnail(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
     async with state.db.sessions() as session:
-        photo = await viewable_photo(session, principal, path_id(request, "photo_id"))
+        photo = await viewable_photo(state, session, principal, path_id(request, "photo_id"))
     etag = f'"{photo.sha256}-thumb"'
     cached = _not_modified(request, etag)
     if cached is not None:
@@ -291,7 +295,7 @@ async def delete_photo(request: Request) -> Response:
         photo = await session.get(Photo, photo_id)
         if photo is None:
             raise NotFound("There is no photo with this id.")
-        await event_for(session, principal, photo.event_id, organiser=True)
+        await event_for(state, session, principal, photo.event_id, organiser=True)
         await session.execute(delete(Photo).where(Photo.id == photo_id))
     await state.storage.delete([photo_id])
     return Response(status_code=204)
@@ -306,7 +310,7 @@ async def not_me(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
     async with state.db.transaction() as session:
-        photo = await viewable_photo(session, principal, path_id(request, "photo_id"))
+        photo = await viewable_photo(state, session, principal, path_id(request, "photo_id"))
         await session.execute(
             delete(FaceMatch).where(
                 FaceMatch.photo_id == photo.id, FaceMatch.user_id == principal.id
@@ -343,10 +347,11 @@ def _visible_events(principal: Principal) -> Select[Any]:
 async def all_photos(request: Request) -> Response:
     principal = await require_user(request)
     event_id, cursor, limit = _page(request)
-    async with app_state(request).db.sessions() as session:
+    state = app_state(request)
+    async with state.db.sessions() as session:
         query = select(Photo).where(Photo.id > cursor)
         if event_id is not None:
-            await event_for(session, principal, event_id)
+            await event_for(state, session, principal, event_id)
             query = query.where(Photo.event_id == event_id)
         else:
             query = query.where(Photo.event_id.in_(_visible_events(principal)))
@@ -370,13 +375,18 @@ async def my_photos(request: Request) -> Response:
     principal = await require_user(request)
     event_id, cursor, limit = _page(request)
     state = app_state(request)
-    async with state.db.sessions() as session:
-        if event_id is not None:
-            await event_for(session, principal, event_id)
-        items = await my_photo_items(
-            session, user_id=principal.id, event_id=event_id, cursor=cursor, limit=limit + 1
-        )
-    return json_response(_paged(items, limit))
+
+    async def load() -> dict[str, Any]:
+        async with state.db.sessions() as session:
+            if event_id is not None:
+                await event_for(state, session, principal, event_id)
+            items = await my_photo_items(
+                session, user_id=principal.id, event_id=event_id, cursor=cursor, limit=limit + 1
+            )
+        return _paged(items, limit)
+
+    page = await state.caches.my_photos.get((principal.id, event_id, cursor, limit), load)
+    return json_response(page)
 
 
 async def my_photo_items(

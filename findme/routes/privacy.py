@@ -124,6 +124,7 @@ async def put_selfie(request: Request) -> Response:
         )
         for event_id in event_ids:
             await jobs.enqueue_member_match(session, event_id=event_id, user_id=principal.id)
+    state.auth.forget_users({principal.id})
     if state.pipeline is not None:
         state.pipeline.notify()
     return json_response({"has_selfie": True, "consent_at": iso(now)})
@@ -140,6 +141,7 @@ async def erase_me(request: Request) -> Response:
         # Rows that reference the user go with it (ON DELETE CASCADE): sessions, tokens,
         # memberships, matches, "not me" rejections, and events the user organised.
         await session.execute(delete(User).where(User.id == principal.id))
+    state.auth.forget_users({principal.id})
     await state.on_matches_changed({principal.id})
     response = Response(status_code=204)
     state.auth.clear_cookie(response)

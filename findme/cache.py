@@ -1,0 +1,108 @@
+"""Small TTL + LRU caches of metadata (never image bytes), with hit rates and single-flight.
+
+`cachetools.cached` on an `async def` would cache the coroutine object, not its result, so the
+caches here await the loader themselves; concurrent misses for one key share one load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from cachetools import TTLCache
+
+V = TypeVar("V")
+
+
+class AsyncCache(Generic[V]):
+    """Keys are tuples whose first item is the owner (a user or event id) for invalidation."""
+
+    def __init__(self, name: str, *, maxsize: int, ttl_s: float) -> None:
+        self.name = name
+        self._entries: TTLCache[tuple[Hashable, ...], V] = TTLCache(maxsize=maxsize, ttl=ttl_s)
+        self._loading: dict[tuple[Hashable, ...], asyncio.Future[V]] = {}
+        # Bumped by invalidation: a load that started before it must not store its result.
+        self._generation: defaultdict[Hashable, int] = defaultdict(int)
+        self.hits = 0
+        self.misses = 0
+
+    async def get(self, key: tuple[Hashable, ...], load: Callable[[], Awaitable[V]]) -> V:
+        try:
+            value = self._entries[key]
+        except KeyError:
+            pass
+        else:
+            self.hits += 1
+            return value
+        self.misses += 1
+        loading = self._loading.get(key)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        generation = self._generation[key[0]]
+        try:
+            value = await load()
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
+            raise
+        finally:
+            del self._loading[key]
+        if generation == self._generation[key[0]]:
+            self._entries[key] = value
+        future.set_result(value)
+        return value
+
+    def invalidate(self, owners: set[Hashable]) -> None:
+        for owner in owners:
+            self._generation[owner] += 1
+        for key in [key for key in list(self._entries.keys()) if key[0] in owners]:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        for owner in {key[0] for key in self._entries.keys()}:
+            self._generation[owner] += 1
+        self._entries.clear()
+
+    def stats(self) -> dict[str, Any]:
+        total = self.hits + self.misses
+        return {
+            "size": len(self._entries),
+            "maxsize": int(self._entries.maxsize),
+            "ttl_s": self._entries.ttl,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hits / total, 4) if total else 0.0,
+        }
+
+
+@dataclass
+class Caches:
+    my_photos: AsyncCache[dict[str, Any]]
+    events: AsyncCache[Any]
+    users: AsyncCache[Any]
+
+    @classmethod
+    def create(cls) -> Caches:
+        return cls(
+            my_photos=AsyncCache("my_photos", maxsize=10_000, ttl_s=30),
+            events=AsyncCache("events", maxsize=2_000, ttl_s=120),
+            users=AsyncCache("users", maxsize=10_000, ttl_s=60),
+        )
+
+    def all(self) -> list[AsyncCache[Any]]:
+        return [self.my_photos, self.events, self.users]
+
+    async def matches_changed(self, user_ids: set[int]) -> None:
+        self.my_photos.invalidate(set(user_ids))
+
+    def clear(self) -> None:
+        for cache in self.all():
+            cache.clear()
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {cache.name: cache.stats() for cache in self.all()}

@@ -1,0 +1,92 @@
+"""News that a user's matches changed, for their caches and live pages, across instances.
+
+Within a process, subscribers get an `asyncio.Event` set on each change. On PostgreSQL every
+change is also sent with NOTIFY, and each instance LISTENs, so a match made by a worker of
+another instance reaches this instance's caches and open pages too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+CHANNEL = "findme_matches"
+MAX_PAYLOAD_IDS = 500  # NOTIFY payloads stop at 8000 bytes
+
+Listener = Callable[[set[int]], Awaitable[None]]
+
+
+class MatchFeed:
+    def __init__(self, *, postgres_dsn: str | None) -> None:
+        self._dsn = postgres_dsn
+        self._instance = uuid.uuid4().hex[:12]
+        self._subscribers: dict[int, set[asyncio.Event]] = defaultdict(set)
+        self._listeners: list[Listener] = []
+        self._connection: asyncpg.Connection | None = None
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called with the changed user ids, for changes made here or by another instance."""
+        self._listeners.append(listener)
+
+    async def __aenter__(self) -> MatchFeed:
+        if self._dsn is not None:
+            self._connection = await asyncpg.connect(self._dsn)
+            await self._connection.add_listener(CHANNEL, self._on_notify)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await connection.close(timeout=5)
+
+    async def publish(self, user_ids: set[int]) -> None:
+        await self._deliver(user_ids)
+        if self._connection is None:
+            return
+        ordered = sorted(user_ids)
+        for start in range(0, len(ordered), MAX_PAYLOAD_IDS):
+            chunk = ",".join(str(user_id) for user_id in ordered[start : start + MAX_PAYLOAD_IDS])
+            try:
+                await self._connection.execute(
+                    "SELECT pg_notify($1, $2)", CHANNEL, f"{self._instance}:{chunk}"
+                )
+            except Exception:
+                # Other instances then catch up by their cache TTL; this one is up to date.
+                logger.warning("NOTIFY failed", exc_info=True, extra={"action": "notify_error"})
+
+    def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        sender, _, ids = payload.partition(":")
+        if sender == self._instance:
+            return
+        user_ids = {int(part) for part in ids.split(",") if part.isdigit()}
+        if user_ids:
+            asyncio.get_running_loop().create_task(self._deliver(user_ids))
+
+    async def _deliver(self, user_ids: set[int]) -> None:
+        for listener in self._listeners:
+            await listener(user_ids)
+        for user_id in user_ids:
+            for signal in self._subscribers.get(user_id, ()):
+                signal.set()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, user_id: int) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever this user's matches change (clear it after reading)."""
+        signal = asyncio.Event()
+        self._subscribers[user_id].add(signal)
+        try:
+            yield signal
+        finally:
+            self._subscribers[user_id].discard(signal)
+            if not self._subscribers[user_id]:
+                del self._subscribers[user_id]
