@@ -9,11 +9,13 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from findme.errors import FindMeError
+from findme.metrics import AccessLog, Metrics
 from findme.routes import accounts, admin, events, ops, photos, privacy
 from findme.services import open_services
 from findme.settings import Settings
@@ -32,12 +34,16 @@ HTTP_CODES = {
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app; nothing is opened until its lifespan starts."""
     settings = settings or Settings.from_environ()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with open_services(settings, run_workers=settings.run_workers) as state:
+            metrics.watch_state(state)
+            if state.pipeline is not None:
+                state.pipeline.job_observers.append(metrics.observe_job)
             logger.info("FindMe ready", extra={"action": "startup"})
-            yield {"findme": state}
+            yield {"findme": state, "metrics": metrics}
 
     routes: list[BaseRoute] = [
         *accounts.routes,
@@ -50,6 +56,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         debug=settings.debug,
         routes=routes,
+        middleware=[Middleware(AccessLog, metrics=metrics)],
         lifespan=lifespan,
         exception_handlers={
             FindMeError: _findme_error,
@@ -65,12 +72,9 @@ def error_response(code: str, detail: str, status_code: int, **extra: Any) -> JS
 
 async def _findme_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FindMeError)
-    headers = (
-        {"Retry-After": str(exc.extra["retry_after_s"])} if "retry_after_s" in exc.extra else None
-    )
     response = error_response(exc.code, exc.detail, exc.status_code)
-    if headers:
-        response.headers.update(headers)
+    if "retry_after_s" in exc.extra:
+        response.headers["Retry-After"] = str(exc.extra["retry_after_s"])
     return response
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import logging
 import os
 import sys
 from collections import Counter
@@ -13,9 +12,8 @@ from pathlib import Path
 
 from findme.db import Database, Role
 from findme.errors import FindMeError
+from findme.logs import configure_logging
 from findme.settings import Settings
-
-logger = logging.getLogger("findme")
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -43,7 +41,8 @@ def _serve(settings: Settings, _args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         proxy_headers=True,
-        log_level="info",
+        log_config=None,
+        access_log=False,
     )
     return 0
 
@@ -155,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_environ()

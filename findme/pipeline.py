@@ -26,6 +26,7 @@ from findme.errors import FindMeError
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[jobs.ClaimedJob], Awaitable[None]]
+JobObserver = Callable[[str, str, float], None]
 ProgressCallback = Callable[[Counter[str], int], None]
 TIMINGS_KEPT = 1000
 
@@ -63,6 +64,8 @@ class Pipeline:
         self._job_done = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.active = 0
+        # Called with (kind, outcome, seconds) after every job: metrics hook in here.
+        self.job_observers: list[JobObserver] = []
         self.outcomes: Counter[str] = Counter()
         self.timings: dict[str, deque[float]] = {
             kind.value: deque(maxlen=TIMINGS_KEPT) for kind in JobKind
@@ -214,7 +217,7 @@ class Pipeline:
             # Shielded: a shutdown arriving now must not leave a finished job marked running.
             owned = await asyncio.shield(jobs.finish(self._db, job))
             elapsed = time.perf_counter() - started
-            self.outcomes["done" if owned else "lost_lease"] += 1
+            self._observe(job, "done" if owned else "lost_lease", elapsed)
             self.timings[job.kind.value].append(elapsed)
             logger.info(
                 "job %d %s done in %.2f s",
@@ -228,7 +231,9 @@ class Pipeline:
         status = await asyncio.shield(
             jobs.fail(self._db, job, error, retry_base_s=self._retry_base_s)
         )
-        self.outcomes["failed" if status == "failed" else "retried"] += 1
+        self._observe(
+            job, "failed" if status == "failed" else "retried", time.perf_counter() - started
+        )
         logger.info(
             "job %d %s: %s after %.2f s",
             job.id,
@@ -237,6 +242,11 @@ class Pipeline:
             time.perf_counter() - started,
             extra={"action": "job_failed", "job_id": job.id},
         )
+
+    def _observe(self, job: jobs.ClaimedJob, outcome: str, seconds: float) -> None:
+        self.outcomes[outcome] += 1
+        for observer in self.job_observers:
+            observer(job.kind.value, outcome, seconds)
 
     def timing_stats(self) -> dict[str, dict[str, Any]]:
         summary: dict[str, dict[str, Any]] = {}

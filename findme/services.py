@@ -16,6 +16,7 @@ from findme.db import Database
 from findme.live import MatchFeed
 from findme.matching import Matcher, purge_expired_faces
 from findme.pipeline import Pipeline
+from findme.ratelimit import RateLimiter
 from findme.recognition import LocalRecognizer
 from findme.settings import Settings
 from findme.storage import DatabaseStorage, PhotoStorage
@@ -36,6 +37,7 @@ class AppState:
     recognizer: LocalRecognizer
     caches: Caches
     feed: MatchFeed
+    limits: RateLimiter
     pipeline: Pipeline | None = None
 
     async def on_matches_changed(self, user_ids: set[int]) -> None:
@@ -56,6 +58,8 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             MatchFeed(postgres_dsn=None if db.is_sqlite else _asyncpg_dsn(settings.database_url))
         )
         feed.add_listener(caches.matches_changed)
+        limits = rate_limiter(settings)
+        stack.push_async_callback(limits.aclose)
         state = AppState(
             settings=settings,
             db=db,
@@ -69,6 +73,7 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             recognizer=recognizer,
             caches=caches,
             feed=feed,
+            limits=limits,
         )
         if run_workers:
             # Models load in the background: requests are served while the engine warms up.
@@ -77,6 +82,23 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             state.pipeline = build_pipeline(state)
             await stack.enter_async_context(state.pipeline)
         yield state
+
+
+def rate_limiter(settings: Settings) -> RateLimiter:
+    return RateLimiter(
+        storage_url=settings.rate_limit_storage,
+        rules={
+            "login_ip": (settings.rate_login_ip, "Too many sign-in attempts from your network."),
+            "login_account": (
+                settings.rate_login_account,
+                "Too many failed sign-ins for this account. Check the password, or wait.",
+            ),
+            "signup_ip": (settings.rate_signup_ip, "Too many new accounts from your network."),
+            "selfie": (settings.rate_selfie, "Too many selfie uploads."),
+            "upload": (settings.rate_upload, "Too many upload requests. Send fewer, larger ones."),
+            "api_read": (settings.rate_api_read, "Too many requests."),
+        },
+    )
 
 
 def _asyncpg_dsn(database_url: str) -> str:

@@ -129,6 +129,13 @@ class Settings:
     db_pool_recycle_s: int = 1800
     db_pool_timeout_s: int = 30
     session_max_age_s: int = 14 * 24 * 3600
+    rate_limit_storage: str = "memory://"
+    rate_login_ip: str = "30/minute"
+    rate_login_account: str = "10 per 15 minutes"
+    rate_signup_ip: str = "20/hour"
+    rate_selfie: str = "20/hour"
+    rate_upload: str = "240/minute"
+    rate_api_read: str = "1200/minute"
     thumbnail_px: int = 480
 
     @classmethod
@@ -193,6 +200,13 @@ class Settings:
             db_max_overflow=read.integer("FINDME_DB_MAX_OVERFLOW", cls.db_max_overflow),
             db_pool_recycle_s=read.integer("FINDME_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),
             db_pool_timeout_s=read.integer("FINDME_DB_POOL_TIMEOUT_S", cls.db_pool_timeout_s),
+            rate_limit_storage=read.text("FINDME_RATE_LIMIT_STORAGE", cls.rate_limit_storage),
+            rate_login_ip=read.text("FINDME_RATE_LOGIN_IP", cls.rate_login_ip),
+            rate_login_account=read.text("FINDME_RATE_LOGIN_ACCOUNT", cls.rate_login_account),
+            rate_signup_ip=read.text("FINDME_RATE_SIGNUP_IP", cls.rate_signup_ip),
+            rate_selfie=read.text("FINDME_RATE_SELFIE", cls.rate_selfie),
+            rate_upload=read.text("FINDME_RATE_UPLOAD", cls.rate_upload),
+            rate_api_read=read.text("FINDME_RATE_API_READ", cls.rate_api_read),
             session_max_age_s=read.integer(
                 "FINDME_SESSION_MAX_AGE_S", cls.session_max_age_s, minimum=60
             ),

@@ -81,3 +81,28 @@ async def test_the_same_api_runs_on_sqlite(tmp_path) -> None:
         assert image.content == out.getvalue()
         assert (await client.get("/readyz")).status_code == 200
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+async def test_metrics_expose_latency_queue_and_caches(make_user, make_event, anon) -> None:
+    organiser = await make_user("photographer")
+    event = await make_event(organiser)
+    await organiser.get(f"/api/events/{event['id']}")
+    await organiser.get("/api/photo/12345")
+    response = await anon.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'findme_http_request_duration_seconds_count{method="GET",route="/api/events/{event_id}",status="200"} 1.0' in text
+    assert 'route="/api/photo/{photo_id}",status="404"' in text
+    assert "findme_queue_depth 0.0" in text
+    assert 'findme_cache_hit_ratio{cache="my_photos"}' in text
+    assert "findme_faces_stored 0.0" in text
+
+
+async def test_every_request_is_logged_with_its_route_and_timing(anon, caplog) -> None:
+    caplog.set_level("INFO", logger="findme.access")
+    await anon.get("/healthz")
+    await anon.get("/api/photo/7")
+    lines = [record for record in caplog.records if record.name == "findme.access"]
+    assert [(r.route, r.status) for r in lines] == [("/healthz", 200), ("/api/photo/{photo_id}", 401)]
+    assert all(r.duration_ms >= 0 for r in lines)

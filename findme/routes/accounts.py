@@ -17,6 +17,7 @@ from findme.errors import AlreadyExists, BadRequest, InvalidCredentials, NotFoun
 from findme.routes.common import (
     api,
     app_state,
+    client_ip,
     current_principal,
     iso,
     json_response,
@@ -79,6 +80,8 @@ async def create_user(
 async def register(request: Request) -> Response:
     state = app_state(request)
     caller = await current_principal(request)
+    if caller is None:
+        await state.limits.hit("signup_ip", client_ip(request))
     body = await read_json(request)
     email = text_field(body, "email", max_chars=254)
     password = check_password(text_field(body, "password", max_chars=MAX_PASSWORD_CHARS))
@@ -110,14 +113,19 @@ async def login(request: Request) -> Response:
     state = app_state(request)
     check_origin(request)
     body = await read_json(request)
-    email = str(body.get("email") or "").strip().lower()
-    password = str(body.get("password") or "")
+    email = str(body.get("email") or "").strip().lower()[:254]
+    password = str(body.get("password") or "")[:MAX_PASSWORD_CHARS]
+    await state.limits.hit("login_ip", client_ip(request))
+    # Guessing one account's password is capped; a real user waits minutes at worst.
+    await state.limits.check("login_account", email)
     async with state.db.transaction() as session:
         user = await session.scalar(select(User).where(User.email == email))
         # The hash is checked even for unknown emails, so timing does not reveal which exist.
-        if not verify_password(user.password_hash if user else None, password) or user is None:
-            raise InvalidCredentials()
-        browser = await state.auth.start_session(session, user)
+        valid = verify_password(user.password_hash if user else None, password)
+        browser = await state.auth.start_session(session, user) if valid and user else None
+    if browser is None or user is None:
+        await state.limits.hit("login_account", email)
+        raise InvalidCredentials()
     response = json_response({"user": user_json(user), "csrf_token": browser.csrf_token})
     state.auth.set_cookie(response, browser, secure=request.url.scheme == "https")
     return response

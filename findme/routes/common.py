@@ -28,8 +28,11 @@ def app_state(connection: HTTPConnection) -> AppState:
 async def current_principal(request: Request) -> Principal | None:
     """The signed-in caller, if any; cookie-authenticated changes must pass the CSRF check."""
     if "principal" not in request.scope.setdefault("state", {}):
-        principal = await app_state(request).auth.identify(request)
+        state = app_state(request)
+        principal = await state.auth.identify(request)
         check_csrf(request, principal)
+        if principal is not None and request.method == "GET":
+            await state.limits.hit("api_read", str(principal.id))
         request.state.principal = principal
     found: Principal | None = request.state.principal
     return found
@@ -42,6 +45,10 @@ async def require_user(request: Request, *roles: Role) -> Principal:
     if roles:
         principal.require_role(*roles)
     return principal
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 async def read_json(request: Request) -> dict[str, Any]:

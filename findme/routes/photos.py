@@ -82,6 +82,7 @@ def photo_json(photo: Photo) -> dict[str, Any]:
 async def upload_photos(request: Request) -> Response:
     principal = await require_user(request, Role.photographer)
     state = app_state(request)
+    await state.limits.hit("upload", str(principal.id))
     settings = state.settings
     async with state.db.sessions() as session:
         event, _ = await event_for(

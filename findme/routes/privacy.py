@@ -65,6 +65,7 @@ class SeveralFaces(Unprocessable):
 async def put_selfie(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
+    await state.limits.hit("selfie", str(principal.id))
     settings = state.settings
     fields: dict[str, str] = {}
     received = []

@@ -1,0 +1,106 @@
+"""Metadata caches: single-flight loads, invalidation, stats and clearing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from findme.cache import AsyncCache
+
+
+async def test_concurrent_misses_run_one_load() -> None:
+    cache: AsyncCache[int] = AsyncCache("t", maxsize=10, ttl_s=30)
+    loads = 0
+
+    async def load() -> int:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(0.05)
+        return 42
+
+    results = await asyncio.gather(*(cache.get((1, "page"), load) for _ in range(20)))
+    assert results == [42] * 20
+    assert loads == 1
+    assert await cache.get((1, "page"), load) == 42
+    assert loads == 1
+    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 20
+
+
+async def test_a_failed_load_is_not_cached_and_reaches_every_waiter() -> None:
+    cache: AsyncCache[int] = AsyncCache("t", maxsize=10, ttl_s=30)
+
+    async def broken() -> int:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("database down")
+
+    outcomes = await asyncio.gather(
+        *(cache.get((1,), broken) for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(outcome, RuntimeError) for outcome in outcomes)
+
+    async def fine() -> int:
+        return 7
+
+    assert await cache.get((1,), fine) == 7
+
+
+async def test_invalidation_drops_entries_and_stale_loads() -> None:
+    cache: AsyncCache[str] = AsyncCache("t", maxsize=10, ttl_s=30)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_old_value() -> str:
+        started.set()
+        await release.wait()
+        return "old"
+
+    pending = asyncio.create_task(cache.get((5, "a"), slow_old_value))
+    await started.wait()
+    cache.invalidate({5})  # matches changed while the old page was being read
+    release.set()
+    assert await pending == "old"
+
+    async def new_value() -> str:
+        return "new"
+
+    assert await cache.get((5, "a"), new_value) == "new"
+    await cache.get((6, "a"), new_value)
+    cache.invalidate({5})
+    assert cache.stats()["size"] == 1
+
+
+@pytest.mark.parametrize("ttl_s", [0.05])
+async def test_entries_expire(ttl_s) -> None:
+    cache: AsyncCache[int] = AsyncCache("t", maxsize=10, ttl_s=ttl_s)
+    values = iter([1, 2])
+
+    async def load() -> int:
+        return next(values)
+
+    assert await cache.get((1,), load) == 1
+    await asyncio.sleep(ttl_s * 2)
+    assert await cache.get((1,), load) == 2
+
+
+async def test_admin_sees_cache_figures_and_clears_them(make_user, make_event) -> None:
+    admin = await make_user("admin")
+    attendee = await make_user()
+    organiser = await make_user("photographer")
+    event = await make_event(organiser)
+    await attendee.post("/api/events/join", json={"code": event["code"]})
+    for _ in range(3):
+        page = await attendee.get("/api/my-photos", params={"event_id": event["id"]})
+        assert page.status_code == 200
+    stats = (await admin.get("/api/admin/queue/stats")).json()
+    my_photos = stats["cache"]["my_photos"]
+    assert (my_photos["hits"], my_photos["misses"], my_photos["size"]) == (2, 1, 1)
+    assert my_photos["hit_rate"] == pytest.approx(2 / 3, abs=0.001)
+    assert set(stats["cache"]) == {"my_photos", "events", "users"}
+    assert set(stats["queue"]) >= {
+        "total_enqueued", "total_processed", "total_failed", "current_queue_size", "workers_active"
+    }
+    cleared = await admin.post("/api/admin/cache/clear")
+    assert cleared.status_code == 200
+    assert (await admin.get("/api/admin/queue/stats")).json()["cache"]["my_photos"]["size"] == 0
+    assert (await attendee.post("/api/admin/cache/clear")).status_code == 403

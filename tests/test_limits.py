@@ -1,0 +1,69 @@
+"""Rate limits: 429 with Retry-After and a sentence; sign-in resists guessing."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+import socket
+
+from findme.ratelimit import RateLimiter
+from findme.errors import RateLimited
+from tests.conftest import PASSWORD, serve, with_settings
+
+
+async def test_password_guessing_is_capped_per_account_and_per_ip(settings, make_user) -> None:
+    strict = with_settings(settings, rate_login_account="3/minute", rate_login_ip="8/minute")
+    async with serve(strict) as url, httpx.AsyncClient(base_url=url) as client:
+        victim = {"email": "victim@example.com", "password": PASSWORD, "name": "Victim"}
+        assert (await client.post("/api/auth/register", json=victim)).status_code == 201
+        for attempt in range(3):
+            wrong = await client.post(
+                "/api/auth/login", json={"email": victim["email"], "password": f"guess{attempt}xx"}
+            )
+            assert wrong.status_code == 401
+        blocked = await client.post(
+            "/api/auth/login", json={"email": victim["email"], "password": PASSWORD}
+        )
+        assert blocked.status_code == 429
+        assert blocked.json()["error"] == "rate_limited"
+        assert "Try again in" in blocked.json()["detail"]
+        assert 1 <= int(blocked.headers["retry-after"]) <= 60
+        # Another account from the same address is not locked by the victim's failures...
+        other = {"email": "other@example.com", "password": PASSWORD, "name": "Other"}
+        client.cookies.clear()
+        assert (await client.post("/api/auth/register", json=other)).status_code == 201
+        assert (await client.post("/api/auth/login", json=other)).status_code == 200
+        # ...but the address as a whole is capped too.
+        for _ in range(4):
+            client.cookies.clear()
+            response = await client.post("/api/auth/login", json=other)
+        assert response.status_code == 429
+
+
+async def test_uploads_and_reads_are_limited(settings) -> None:
+    strict = with_settings(settings, rate_api_read="5/minute")
+    async with serve(strict) as url, httpx.AsyncClient(base_url=url) as client:
+        body = {"email": "reader@example.com", "password": PASSWORD, "name": "Reader"}
+        await client.post("/api/auth/register", json=body)
+        statuses = [(await client.get("/api/events")).status_code for _ in range(7)]
+    assert statuses[:5] == [200] * 5 and statuses[5:] == [429, 429]
+
+
+async def test_limits_can_live_in_redis_for_several_instances() -> None:
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
+    except OSError:
+        pytest.fail("Redis on 127.0.0.1:6379 does not answer; `make test` starts it if installed.")
+    rules = {"upload": ("2/minute", "Too many upload requests.")}
+    first = RateLimiter(storage_url="redis://127.0.0.1:6379/0", rules=rules)
+    second = RateLimiter(storage_url="redis://127.0.0.1:6379/0", rules=rules)
+    user = uuid.uuid4().hex
+    await first.hit("upload", user)
+    await second.hit("upload", user)
+    with pytest.raises(RateLimited) as refused:
+        await first.hit("upload", user)
+    assert refused.value.extra["retry_after_s"] >= 1
+    await first.aclose()
+    await second.aclose()
