@@ -3,7 +3,7 @@ VENV    ?= .venv
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench postgres clean
+.PHONY: install run test lint bench services clean
 
 install: $(STAMP)
 
@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/findme serve
 
-postgres:
-	@scripts/ensure-postgres.sh
+services:
+	@scripts/test-services.sh
 
-test: install postgres
+test: install services
 	$(VENV)/bin/python -m pytest
 
 lint: install

@@ -18,6 +18,8 @@ pillow_heif.register_heif_opener()
 
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",
+    # Cameras that embed a preview write MPO: a JPEG to every browser and decoder.
+    "MPO": "image/jpeg",
     "PNG": "image/png",
     "WEBP": "image/webp",
     "HEIF": "image/heic",

@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import signal
+import struct
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -31,6 +32,7 @@ import pillow_heif
 from PIL import Image, ImageOps
 
 from findme.errors import ConfigurationError
+from findme.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +42,14 @@ pillow_heif.register_heif_opener()
 
 # dlib's examples use 0.6, which favours recall. On the shared faces (bench/calibrate_threshold.py)
 # the same person is at most 0.521 apart and different people at least 0.702: 0.55 keeps every
-# true match and stays 0.15 clear of a false one (docs/RECOGNITION.md).
-DEFAULT_MATCH_THRESHOLD = 0.55
+# true match and stays 0.15 clear of a false one (docs/RECOGNITION.md). The setting's default.
+DEFAULT_MATCH_THRESHOLD = Settings.match_threshold
 
 DESCRIPTOR_BYTES = 128 * 4
 _DESCRIPTOR_DTYPE = np.dtype("<f4")
 
 # Face size (box width, in scanned pixels) from which the HOG detector (upsample 0, 80 px
-# window) finds every face of the shared set; it starts to miss some below ~64 px.
+# window) finds every face of the shared set; below it faces go missing, a third at 56 px.
 _RELIABLE_FACE_PX = 80
 # Photos are never scanned smaller than this on their long side (nor upscaled to reach it), so a
 # web-sized photo keeps faces of 1/20 of its long side whatever `min_face_px` says.
@@ -61,6 +63,18 @@ _SELFIE_SCAN_PX = 1024
 _CHIP_PX = 150
 # Landmarks and descriptor run on a crop this many face widths around the box, not the photo.
 _CROP_PADDING = 0.5
+# Photo formats only (JPEG includes the camera JPEGs Pillow reports as MPO): none of Pillow's
+# other decoders, some of which shell out, ever sees an upload.
+_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF")
+# What Pillow raises for a damaged or hostile file (struct.error: broken EXIF).
+_DECODE_ERRORS = (
+    OSError,
+    EOFError,
+    SyntaxError,
+    ValueError,
+    struct.error,
+    Image.DecompressionBombError,
+)
 
 
 class UnreadableImage(ValueError):
@@ -142,7 +156,7 @@ def _analyse(data: bytes, scan_scale: Callable[[int, int], float]) -> FaceAnalys
     started = time.perf_counter()
     models = _load_models()
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=_FORMATS)
         width, height = _oriented_size(image)
         scale = scan_scale(width, height)
         # Decode only as many pixels as the scan and the descriptor chips need: a JPEG's draft
@@ -157,7 +171,7 @@ def _analyse(data: bytes, scan_scale: Callable[[int, int], float]) -> FaceAnalys
         # In place: a copy of a 24 MP photo costs more than the decoding it follows.
         ImageOps.exif_transpose(image, in_place=True)
         pixels = _to_rgb(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except _DECODE_ERRORS as exc:
         raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
 
     scan_size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -238,7 +252,7 @@ def _describe(models: _Models, pixels: Image.Image, box: tuple[int, int, int, in
 
 
 def descriptor_distance(a: bytes, b: bytes) -> float:
-    """Euclidean distance between two descriptors: below ~0.5 is the same person."""
+    """Euclidean distance between two descriptors; the same person is below the threshold."""
     va = np.frombuffer(a, _DESCRIPTOR_DTYPE).astype(np.float64)
     vb = np.frombuffer(b, _DESCRIPTOR_DTYPE).astype(np.float64)
     return float(np.linalg.norm(va - vb))
@@ -252,7 +266,7 @@ def nearest_member(
     if not members:
         return None
     ids = list(members)
-    selfies = np.frombuffer(b"".join(members.values()), _DESCRIPTOR_DTYPE).reshape(len(ids), -1)
+    selfies = np.frombuffer(b"".join(members.values()), _DESCRIPTOR_DTYPE).reshape(len(ids), 128)
     distances = np.linalg.norm(
         selfies.astype(np.float64) - np.frombuffer(face, _DESCRIPTOR_DTYPE), axis=1
     )

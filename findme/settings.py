@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,7 +117,8 @@ class Settings:
     recognizer: str = "local"
     storage: str = "database"
     min_face_px: int = 120
-    match_threshold: float = 0.5
+    # Calibrated on the shared faces for precision first: docs/RECOGNITION.md.
+    match_threshold: float = 0.55
     retention_days: int = 365
     job_lease_s: int = 60
     job_timeout_s: int = 300
@@ -124,6 +126,12 @@ class Settings:
     job_retry_base_s: float = 2.0
     shutdown_grace_s: float = 10.0
     aws_concurrency: int = 10
+    aws_region: str = "us-east-1"
+    aws_max_attempts: int = 8
+    rekognition_collection_prefix: str = "findme-"
+    rekognition_min_similarity: float = 90.0
+    s3_bucket: str = ""
+    s3_prefix: str = ""
     db_pool_size: int = 5
     db_max_overflow: int = 10
     db_pool_recycle_s: int = 1800
@@ -156,6 +164,28 @@ class Settings:
                     "print(secrets.token_urlsafe(48))'."
                 )
             secret = _development_secret(data_dir)
+        storage = read.choice("FINDME_STORAGE", "database", ("database", "s3"))
+        s3_bucket = read.text("FINDME_S3_BUCKET", "")
+        if storage == "s3" and not s3_bucket:
+            raise ConfigurationError(
+                "FINDME_S3_BUCKET is required when FINDME_STORAGE=s3: set it to the bucket "
+                "that keeps the photos."
+            )
+        collection_prefix = read.text(
+            "FINDME_REKOGNITION_COLLECTION_PREFIX", cls.rekognition_collection_prefix
+        )
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", collection_prefix):
+            raise ConfigurationError(
+                "FINDME_REKOGNITION_COLLECTION_PREFIX may hold only letters, digits, '_', '.' "
+                f"and '-' (at most 200), not {collection_prefix!r}."
+            )
+        min_similarity = read.number(
+            "FINDME_REKOGNITION_MIN_SIMILARITY", cls.rekognition_min_similarity
+        )
+        if not 0 <= min_similarity <= 100:
+            raise ConfigurationError(
+                f"FINDME_REKOGNITION_MIN_SIMILARITY is a percentage, not {min_similarity}."
+            )
         return cls(
             database_url=read.text(
                 "FINDME_DATABASE_URL", f"sqlite+aiosqlite:///{data_dir / 'findme.db'}"
@@ -184,7 +214,7 @@ class Settings:
                 "FINDME_ENGINE_PROCESSES", os.cpu_count() or 1, minimum=1
             ),
             recognizer=read.choice("FINDME_RECOGNIZER", "local", ("local", "rekognition")),
-            storage=read.choice("FINDME_STORAGE", "database", ("database", "s3")),
+            storage=storage,
             min_face_px=read.integer("FINDME_MIN_FACE_PX", cls.min_face_px, minimum=20),
             match_threshold=read.number("FINDME_MATCH_THRESHOLD", cls.match_threshold),
             retention_days=read.integer("FINDME_RETENTION_DAYS", cls.retention_days, minimum=1),
@@ -196,6 +226,17 @@ class Settings:
             job_retry_base_s=read.number("FINDME_JOB_RETRY_BASE_S", cls.job_retry_base_s),
             shutdown_grace_s=read.number("FINDME_SHUTDOWN_GRACE_S", cls.shutdown_grace_s),
             aws_concurrency=read.integer("FINDME_AWS_CONCURRENCY", cls.aws_concurrency, minimum=1),
+            aws_region=read.text(
+                "FINDME_AWS_REGION",
+                read.text("AWS_REGION", read.text("AWS_DEFAULT_REGION", cls.aws_region)),
+            ),
+            aws_max_attempts=read.integer(
+                "FINDME_AWS_MAX_ATTEMPTS", cls.aws_max_attempts, minimum=1
+            ),
+            rekognition_collection_prefix=collection_prefix,
+            rekognition_min_similarity=min_similarity,
+            s3_bucket=s3_bucket,
+            s3_prefix=read.text("FINDME_S3_PREFIX", cls.s3_prefix),
             db_pool_size=read.integer("FINDME_DB_POOL_SIZE", cls.db_pool_size, minimum=1),
             db_max_overflow=read.integer("FINDME_DB_MAX_OVERFLOW", cls.db_max_overflow),
             db_pool_recycle_s=read.integer("FINDME_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),

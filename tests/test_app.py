@@ -92,7 +92,8 @@ async def test_metrics_expose_latency_queue_and_caches(make_user, make_event, an
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
-    assert 'findme_http_request_duration_seconds_count{method="GET",route="/api/events/{event_id}",status="200"} 1.0' in text
+    series = 'method="GET",route="/api/events/{event_id}",status="200"'
+    assert f"findme_http_request_duration_seconds_count{{{series}}} 1.0" in text
     assert 'route="/api/photo/{photo_id}",status="404"' in text
     assert "findme_queue_depth 0.0" in text
     assert 'findme_cache_hit_ratio{cache="my_photos"}' in text
@@ -104,5 +105,8 @@ async def test_every_request_is_logged_with_its_route_and_timing(anon, caplog) -
     await anon.get("/healthz")
     await anon.get("/api/photo/7")
     lines = [record for record in caplog.records if record.name == "findme.access"]
-    assert [(r.route, r.status) for r in lines] == [("/healthz", 200), ("/api/photo/{photo_id}", 401)]
+    assert [(r.route, r.status) for r in lines] == [
+        ("/healthz", 200),
+        ("/api/photo/{photo_id}", 401),
+    ]
     assert all(r.duration_ms >= 0 for r in lines)

@@ -98,7 +98,11 @@ async def test_admin_sees_cache_figures_and_clears_them(make_user, make_event) -
     assert my_photos["hit_rate"] == pytest.approx(2 / 3, abs=0.001)
     assert set(stats["cache"]) == {"my_photos", "events", "users"}
     assert set(stats["queue"]) >= {
-        "total_enqueued", "total_processed", "total_failed", "current_queue_size", "workers_active"
+        "total_enqueued",
+        "total_processed",
+        "total_failed",
+        "current_queue_size",
+        "workers_active",
     }
     cleared = await admin.post("/api/admin/cache/clear")
     assert cleared.status_code == 200

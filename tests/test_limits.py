@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 import httpx
 import pytest
-import socket
 
-from findme.ratelimit import RateLimiter
 from findme.errors import RateLimited
+from findme.ratelimit import RateLimiter
 from tests.conftest import PASSWORD, serve, with_settings
 
 

@@ -20,7 +20,7 @@ from findme.settings import Settings
 from tests.shared_faces import faces_dir, group_shot, manifest
 
 UPLOAD = "/api/photographer/events/{}/upload-photos"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 async def drain(settings: Settings):
@@ -293,7 +293,7 @@ async def test_a_killed_worker_process_loses_nothing(gala, make_user, server) ->
             break
         await asyncio.sleep(0.05)
     worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    worker.communicate()
     assert 3 <= done < 15, "the worker should be killed in the middle of the batch"
     assert await connection.fetchval("SELECT count(*) FROM jobs WHERE status='running'") >= 1
     restarted = start_worker(server.settings, "--burst")

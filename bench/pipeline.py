@@ -1,0 +1,277 @@
+"""Photos in, "my photos" out, timed through the real server against the engine's own limit.
+
+    .venv/bin/python bench/pipeline.py [--photos 100] [--late-event-photos 1000]
+
+1. Makes camera-like photos from the shared set (6000x4000, ~8 MB JPEGs, distinct bytes; cached
+   in bench/.cache between runs).
+2. The engine's limit: the same engine calls on the same files in a bare process-per-core pool.
+3. The pipeline: a real `findme serve` with default settings and a fresh PostgreSQL database,
+   the six attendees signed up and joined; the photos are uploaded over HTTP and the run ends
+   when every photo is processed. Prints photos/s, the ratio to the engine's limit, and the time
+   from the first upload to the first match visible in /api/my-photos.
+4. A late joiner: an event of small photos is processed, then an attendee with a selfie joins;
+   prints the time until their my-photos is complete, and checks no face detection reran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import CACHE, fresh_database, photographer, server, sign_in, sign_up
+from findme.recognition import LocalRecognizer
+from tests.shared_faces import faces_dir, manifest
+
+CAMERA_SIZE = (6000, 4000)
+
+
+def event_photo_names() -> list[str]:
+    return sorted(manifest()["event"])
+
+
+def camera_photos(count: int) -> list[Path]:
+    """24 MP JPEGs of the shared photos, each with its own grain so no two share bytes."""
+    folder = CACHE / "camera"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = event_photo_names()
+    paths = []
+    for index in range(count):
+        base = names[index % len(names)]
+        path = folder / f"{index:04d}-{Path(base).stem}.jpg"
+        if not path.exists():
+            image = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / base)).convert("RGB")
+            image = ImageOps.fit(image, CAMERA_SIZE, Image.Resampling.BICUBIC)
+            pixels = np.asarray(image, dtype=np.int16)
+            grain = np.random.default_rng(index).normal(0, 5, (*pixels.shape[:2], 1))
+            noisy = np.clip(pixels + grain.astype(np.int16), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(path, "JPEG", quality=95)
+            print(f"  made {path.name} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
+        paths.append(path)
+    return paths
+
+
+def small_photos(count: int) -> list[Path]:
+    """Web-sized variants of the shared photos (crop, size and exposure vary) for a big event."""
+    folder = CACHE / "small"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = event_photo_names()
+    paths = []
+    for index in range(count):
+        base = names[index % len(names)]
+        path = folder / f"{index:04d}-{Path(base).stem}.jpg"
+        if not path.exists():
+            rng = np.random.default_rng(10_000 + index)
+            image = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / base)).convert("RGB")
+            width, height = image.size
+            keep = rng.uniform(0.9, 1.0)
+            left = int(rng.uniform(0, 1 - keep) * width)
+            top = int(rng.uniform(0, 1 - keep) * height)
+            image = image.crop((left, top, left + int(width * keep), top + int(height * keep)))
+            image.thumbnail((int(rng.uniform(700, 1000)),) * 2)
+            gain = rng.uniform(0.9, 1.1)
+            table = [min(255, int(value * gain)) for value in range(256)]
+            image = image.point(table * 3)
+            image.save(path, "JPEG", quality=88)
+        paths.append(path)
+    return paths
+
+
+async def engine_limit(paths: list[Path], processes: int) -> float:
+    """Photos per second of the bare engine: one process per core, no HTTP, no database."""
+    async with LocalRecognizer(processes=processes, min_face_px=120) as engine:
+        await engine.warm_up()
+        started = time.perf_counter()
+        semaphore = asyncio.Semaphore(processes * 2)
+
+        async def one(path: Path) -> None:
+            async with semaphore:
+                await engine.analyse_photo(path.read_bytes())
+
+        await asyncio.gather(*(one(path) for path in paths))
+        return len(paths) / (time.perf_counter() - started)
+
+
+async def upload_all(client, event_id: int, paths: list[Path], *, per_request: int, parallel: int):
+    semaphore = asyncio.Semaphore(parallel)
+
+    async def send(batch: list[Path]) -> None:
+        async with semaphore:
+            files = [("files", (path.name, path.read_bytes(), "image/jpeg")) for path in batch]
+            response = await client.post(
+                f"/api/photographer/events/{event_id}/upload-photos", files=files
+            )
+            response.raise_for_status()
+
+    batches = [paths[i : i + per_request] for i in range(0, len(paths), per_request)]
+    await asyncio.gather(*(send(batch) for batch in batches))
+
+
+async def wait_processed(client, event_id: int, total: int, on_tick=None) -> None:
+    while True:
+        progress = (await client.get(f"/api/events/{event_id}/progress")).json()
+        if on_tick is not None:
+            await on_tick()
+        if progress["done"] + progress["failed"] >= total and progress["photos"] >= total:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def my_photo_names(client, event_id: int) -> list[str]:
+    names, cursor = [], None
+    while True:
+        params = {"event_id": event_id, "limit": 200} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/api/my-photos", params=params)).json()
+        names += [item["filename"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return names
+
+
+async def pipeline_run(paths: list[Path], database_url: str) -> dict[str, float]:
+    selfies = manifest()["selfies"]
+    with server(database_url) as srv:
+        organiser = await sign_in(srv.url, photographer(srv))
+        event = (await organiser.post("/api/events", json={"name": "Bench gala"})).json()
+        attendees = {}
+        for person, selfie in selfies.items():
+            client = await sign_up(srv.url, person)
+            response = await client.put(
+                "/api/me/selfie",
+                files={"file": (Path(selfie).name, (faces_dir() / selfie).read_bytes())},
+                data={"consent": "true"},
+            )
+            response.raise_for_status()
+            await client.post("/api/events/join", json={"code": event["code"]})
+            attendees[person] = client
+        await wait_processed(organiser, event["id"], 0)  # the joins' match jobs
+        first_match: list[float] = []
+        started = time.perf_counter()
+
+        async def watch_first_match() -> None:
+            if first_match:
+                return
+            for client in attendees.values():
+                page = (await client.get("/api/my-photos", params={"event_id": event["id"]})).json()
+                if page["items"]:
+                    first_match.append(time.perf_counter() - started)
+                    return
+
+        upload = asyncio.create_task(
+            upload_all(organiser, event["id"], paths, per_request=4, parallel=2)
+        )
+        while not upload.done():
+            await watch_first_match()
+            await asyncio.sleep(0.05)
+        await upload
+        uploaded_s = time.perf_counter() - started
+        await wait_processed(organiser, event["id"], len(paths), watch_first_match)
+        elapsed = time.perf_counter() - started
+        people_in = {Path(name).stem: info["people"] for name, info in manifest()["event"].items()}
+        uploaded = [_base(path.name) for path in paths]
+        wrong = 0
+        for person, client in attendees.items():
+            got = sorted(_base(name) for name in await my_photo_names(client, event["id"]))
+            wrong += got != sorted(base for base in uploaded if person in people_in[base])
+        progress = (await organiser.get(f"/api/events/{event['id']}/progress")).json()
+        return {
+            "photos_per_s": len(paths) / elapsed,
+            "elapsed_s": elapsed,
+            "uploaded_s": uploaded_s,
+            "first_match_s": first_match[0] if first_match else float("nan"),
+            "failed": progress["failed"],
+            "attendees_wrong": wrong,
+        }
+
+
+def _base(filename: str) -> str:
+    """`0017-e03.jpg` was made from e03."""
+    return Path(filename).stem.split("-", 1)[1]
+
+
+async def late_joiner(paths: list[Path], database_url: str) -> dict[str, float]:
+    with server(database_url) as srv:
+        organiser = await sign_in(srv.url, photographer(srv))
+        event = (await organiser.post("/api/events", json={"name": "Big event"})).json()
+        started = time.perf_counter()
+        await upload_all(organiser, event["id"], paths, per_request=50, parallel=2)
+        await wait_processed(organiser, event["id"], len(paths))
+        built_s = time.perf_counter() - started
+        progress = (await organiser.get(f"/api/events/{event['id']}/progress")).json()
+        joiner = await sign_up(srv.url, "obama")
+        selfie = manifest()["selfies"]["obama"]
+        await joiner.put(
+            "/api/me/selfie",
+            files={"file": ("me.jpg", (faces_dir() / selfie).read_bytes())},
+            data={"consent": "true"},
+        )
+        joined = time.perf_counter()
+        await joiner.post("/api/events/join", json={"code": event["code"]})
+        while True:
+            now = (await organiser.get(f"/api/events/{event['id']}/progress")).json()
+            if now["matches"] > progress["matches"] and now["queued"] == now["running"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        names = await my_photo_names(joiner, event["id"])
+        complete_s = time.perf_counter() - joined
+        after = (await organiser.get(f"/api/events/{event['id']}/progress")).json()
+        return {
+            "photos": len(paths),
+            "faces": progress["faces"],
+            "build_s": built_s,
+            "late_joiner_s": complete_s,
+            "matched_photos": len(names),
+            "faces_detected_again": after["faces"] - progress["faces"],
+            "photo_jobs_after_join": after["done"] - progress["done"],
+        }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=100)
+    parser.add_argument("--late-event-photos", type=int, default=1000)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    print(f"Preparing {args.photos} camera photos (cached in {CACHE}) ...", flush=True)
+    paths = camera_photos(args.photos)
+    megabytes = sum(path.stat().st_size for path in paths) / 1e6
+    print(f"{len(paths)} photos, {megabytes:.0f} MB, {cores} cores\n", flush=True)
+
+    limit = await engine_limit(paths, cores)
+    print(f"engine limit (bare pool of {cores} processes): {limit:.2f} photos/s", flush=True)
+    async with fresh_database() as url:
+        run = await pipeline_run(paths, url)
+    print(
+        f"pipeline (HTTP upload + workers): {run['photos_per_s']:.2f} photos/s, "
+        f"{len(paths)} photos in {run['elapsed_s']:.1f} s "
+        f"(uploads done at {run['uploaded_s']:.1f} s)"
+    )
+    print(f"pipeline / engine limit: {run['photos_per_s'] / limit:.0%}")
+    print(f"first match in /api/my-photos: {run['first_match_s']:.2f} s after the first upload")
+    print(f"failed photos: {run['failed']:.0f}; wrong my-photos: {run['attendees_wrong']:.0f}\n")
+
+    print(
+        f"Preparing {args.late_event_photos} small photos for the late-joiner event ...", flush=True
+    )
+    small = small_photos(args.late_event_photos)
+    async with fresh_database() as url:
+        late = await late_joiner(small, url)
+    print(
+        f"late joiner: event of {late['photos']:.0f} photos / {late['faces']:.0f} faces "
+        f"(built in {late['build_s']:.0f} s); my-photos complete "
+        f"{late['late_joiner_s'] * 1000:.0f} ms "
+        f"after joining, {late['matched_photos']:.0f} photos; faces detected again: "
+        f"{late['faces_detected_again']:.0f}, photo jobs run: {late['photo_jobs_after_join']:.0f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,109 @@
+"""The shared test photos (real faces) and a synthetic camera-sized group shot built from them."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Event photos that show exactly one attendee (and nobody else), so a crop of the face is known.
+GROUP_SHOT_SOURCES = (
+    "e01.jpg",
+    "e02.jpg",
+    "e03.jpg",
+    "e04.jpg",
+    "e06.jpg",
+    "e07.jpg",
+    "e08.png",
+    "e09.jpg",
+    "e10.jpg",
+    "e11.jpg",
+)
+
+
+def faces_dir() -> Path:
+    """The folder of shared face photos: `FINDME_FACES_DIR`, else `<repo>/../shared/faces`."""
+    path = Path(os.environ.get("FINDME_FACES_DIR") or REPO_ROOT.parent / "shared" / "faces")
+    if not (path / "manifest.json").is_file():
+        pytest.fail(
+            f"The shared face photos were not found: {path / 'manifest.json'} does not exist. "
+            "Set FINDME_FACES_DIR to the folder that holds manifest.json, selfies/ and event/ "
+            "(e.g. FINDME_FACES_DIR=/work/shared/faces)."
+        )
+    return path
+
+
+def manifest() -> dict[str, Any]:
+    """manifest.json: who appears in which photo, and the expected "my photos" per attendee."""
+    data: dict[str, Any] = json.loads((faces_dir() / "manifest.json").read_text())
+    return data
+
+
+def group_shot(
+    face_widths: Sequence[int],
+    *,
+    size: tuple[int, int] = (6000, 4000),
+    quality: int = 90,
+    seed: int = 0,
+) -> tuple[bytes, list[tuple[str, tuple[int, int, int, int]]]]:
+    """A camera-sized JPEG of one face crop per width, on a noisy neutral background.
+
+    Crops (face plus hair and shoulders, aspect kept) come from `GROUP_SHOT_SOURCES`, scaled so
+    the face box dlib finds in the source is `face_widths[i]` wide. Returns the JPEG bytes and,
+    per pasted face, the attendee and the face box scaled into the group shot.
+    """
+    import dlib  # only the group shot needs it; most users of this module just want the folder
+
+    assert len(face_widths) <= len(GROUP_SHOT_SOURCES)
+    data = manifest()
+    detector = dlib.get_frontal_face_detector()
+    rng = np.random.default_rng(seed)
+    width, height = size
+    # Sensor-like noise on a grey wall, so the file has a camera JPEG's size (~8 MB at 24 MP);
+    # a tiled 1000 px patch is as costly to compress as fresh noise and much quicker to make.
+    tile = rng.normal(128, 8, (1000, 1000, 1)) + rng.normal(0, 3, (1000, 1000, 3))
+    wall = np.tile(
+        np.clip(tile, 0, 255).astype(np.uint8), (-(-height // 1000), -(-width // 1000), 1)
+    )
+    canvas = Image.fromarray(np.ascontiguousarray(wall[:height, :width]), "RGB")
+    columns = (len(face_widths) + 1) // 2
+    cell_w, cell_h = width // columns, height // 2
+    pasted: list[tuple[str, tuple[int, int, int, int]]] = []
+    for i, (name, face_w) in enumerate(zip(GROUP_SHOT_SOURCES, face_widths, strict=False)):
+        source = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / name)).convert("RGB")
+        (found,) = detector(np.asarray(source), 0)
+        left, top, right, bottom = found.left(), found.top(), found.right(), found.bottom()
+        w, h = right - left, bottom - top
+        crop_box = (
+            max(0, left - w),
+            max(0, top - h),
+            min(source.width, right + w),
+            min(source.height, bottom + 2 * h),
+        )
+        factor = face_w / w
+        crop = source.crop(crop_box)
+        crop = crop.resize(
+            (round(crop.width * factor), round(crop.height * factor)), Image.Resampling.LANCZOS
+        )
+        # Centre the face in its cell, a little above the middle, as people stand in a row.
+        face_left = (i % columns) * cell_w + (cell_w - face_w) // 2
+        face_top = (i // columns) * cell_h + cell_h // 3
+        x = face_left - round((left - crop_box[0]) * factor)
+        y = face_top - round((top - crop_box[1]) * factor)
+        canvas.paste(crop, (x, y))
+        (person,) = data["event"][name]["people"]
+        pasted.append(
+            (person, (face_left, face_top, face_left + face_w, face_top + round(h * factor)))
+        )
+    out = io.BytesIO()
+    canvas.save(out, "JPEG", quality=quality)
+    return out.getvalue(), pasted

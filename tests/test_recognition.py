@@ -1,0 +1,248 @@
+"""The local engine on real faces: detection counts, matching, camera-sized group shots, formats."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from findme.recognition import (
+    DEFAULT_MATCH_THRESHOLD,
+    DESCRIPTOR_BYTES,
+    FaceAnalysis,
+    LocalRecognizer,
+    UnreadableImage,
+    analyse_photo,
+    analyse_selfie,
+    descriptor_distance,
+    nearest_member,
+    photo_scan_scale,
+)
+from tests.shared_faces import faces_dir, group_shot, manifest
+
+MIN_FACE_PX = 120  # the settings default
+GROUP_FACE_WIDTHS = [120, 129, 138, 147, 156, 164, 173, 182, 191, 200]
+
+
+def read(relative: str) -> bytes:
+    return (faces_dir() / relative).read_bytes()
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def iou(a, b) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0, width) * max(0, height)
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
+    return inter / (area - inter)
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, FaceAnalysis]:
+    return {
+        name: analyse_photo(read(f"event/{name}"), min_face_px=MIN_FACE_PX)
+        for name in manifest()["event"]
+    }
+
+
+@pytest.fixture(scope="module")
+def selfies() -> dict[str, FaceAnalysis]:
+    return {person: analyse_selfie(read(path)) for person, path in manifest()["selfies"].items()}
+
+
+@pytest.fixture(scope="module")
+def match(selfies):
+    """A function naming the attendee a descriptor matches (or None), as the pipeline does."""
+    people = sorted(selfies)
+    members = {i: selfies[person].faces[0].descriptor for i, person in enumerate(people)}
+
+    def match(descriptor: bytes) -> str | None:
+        found = nearest_member(descriptor, members, threshold=DEFAULT_MATCH_THRESHOLD)
+        return None if found is None else people[found[0]]
+
+    return match
+
+
+def test_every_event_photo_gives_the_faces_a_good_detector_finds(photos):
+    found = {name: len(analysis.faces) for name, analysis in photos.items()}
+    assert found == {name: info["faces"] for name, info in manifest()["event"].items()}
+    for analysis in photos.values():
+        for face in analysis.faces:
+            left, top, right, bottom = face.box
+            assert 0 <= left < right <= analysis.width
+            assert 0 <= top < bottom <= analysis.height
+            assert len(face.descriptor) == DESCRIPTOR_BYTES
+
+
+def test_matching_every_face_gives_exactly_the_expected_photos(photos, match):
+    expected = manifest()
+    my_photos: dict[str, list[str]] = {person: [] for person in expected["selfies"]}
+    for name, analysis in photos.items():
+        matched = [match(face.descriptor) for face in analysis.faces]
+        # Per face, not only per photo: the stranger in e13.jpg matches nobody.
+        assert sorted(p for p in matched if p) == sorted(expected["event"][name]["people"]), name
+        for person in set(matched) - {None}:
+            my_photos[person].append(name)
+    assert {p: sorted(names) for p, names in my_photos.items()} == expected["expected_my_photos"]
+
+
+def test_nearest_member_matches_at_most_the_one_nearest_member():
+    def vector(*values: float) -> bytes:
+        v = np.zeros(128, "<f4")
+        v[: len(values)] = values
+        return v.tobytes()
+
+    face = vector(0.0)
+    look_alikes = {7: vector(0.3), 8: vector(0.2), 9: vector(0.9)}
+    assert nearest_member(face, look_alikes, threshold=0.5) == (8, pytest.approx(0.2))
+    assert nearest_member(face, {9: vector(0.9)}, threshold=0.5) is None
+    assert nearest_member(face, {9: vector(0.5)}, threshold=0.5) is None  # strictly below
+    assert nearest_member(face, {}, threshold=0.5) is None
+    assert descriptor_distance(vector(0.3), vector(0.0, 0.4)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("size", "min_face_px", "scale"),
+    [
+        ((6000, 4000), 120, 80 / 120),  # the smallest face lands at the detector's reliable size
+        ((6000, 4000), 200, 0.4),
+        ((4000, 6000), 400, 1600 / 6000),  # never below 1600 px on the long side
+        ((2000, 1428), 120, 0.8),
+        ((501, 700), 120, 1.0),  # web-sized photos are scanned whole, never upscaled...
+        ((1000, 800), 40, 2.0),  # ...unless a face of min_face_px could not be found otherwise
+        ((6000, 4000), 20, 2.0),  # upscaling stops at 2x
+    ],
+)
+def test_scan_scale_follows_from_the_minimum_face_size(size, min_face_px, scale):
+    assert photo_scan_scale(*size, min_face_px=min_face_px) == pytest.approx(scale)
+
+
+@pytest.fixture(scope="module")
+def group():
+    return group_shot(GROUP_FACE_WIDTHS)
+
+
+def test_a_camera_sized_group_shot_finds_and_matches_every_face(group, match):
+    data, pasted = group
+    analysis = analyse_photo(data, min_face_px=MIN_FACE_PX)
+    assert (analysis.width, analysis.height) == (6000, 4000)
+    assert len(analysis.faces) == len(pasted)
+    for person, box in pasted:
+        face = max(analysis.faces, key=lambda face: iou(face.box, box))
+        assert iou(face.box, box) > 0.5, (person, box, face.box)
+        assert match(face.descriptor) == person, (person, box)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "orientation", "stored"),
+    [
+        ("JPEG", 3, Image.Transpose.ROTATE_180),
+        ("JPEG", 6, Image.Transpose.ROTATE_90),  # stored turned left; EXIF: "turn right to view"
+        ("JPEG", 8, Image.Transpose.ROTATE_270),
+        ("HEIF", 6, Image.Transpose.ROTATE_90),  # pillow_heif turns it into the HEIF rotation
+        ("WEBP", 6, Image.Transpose.ROTATE_90),
+    ],
+)
+def test_exif_orientation_is_applied_before_detection(photos, fmt, orientation, stored):
+    original = Image.open(faces_dir() / "event" / "e09.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(original.transpose(stored), fmt, quality=95, exif=exif.tobytes())
+    assert ImageOps.exif_transpose(Image.open(io.BytesIO(data))).size == original.size
+
+    analysis = analyse_photo(data, min_face_px=MIN_FACE_PX)
+    (upright,) = photos["e09.jpg"].faces
+    (face,) = analysis.faces
+    assert (analysis.width, analysis.height) == original.size
+    assert iou(face.box, upright.box) > 0.8, (face.box, upright.box)
+    assert descriptor_distance(face.descriptor, upright.descriptor) < 0.1
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "WEBP", "PNG", "MPO"])
+def test_heic_webp_camera_jpeg_and_transparent_png_photos_work(fmt, match):
+    image = Image.open(faces_dir() / "event" / "e12.jpg")
+    options = {}
+    if fmt == "PNG":  # a transparent strip on the left, away from the faces
+        alpha = Image.new("L", image.size, 255)
+        alpha.paste(0, (0, 0, 100, image.height))
+        image.putalpha(alpha)
+    if fmt == "MPO":  # a JPEG with an embedded preview, as many cameras write them
+        options = {"save_all": True, "append_images": [image.resize((160, 94))]}
+    data = encode(image, fmt, quality=90, **options)
+    analysis = analyse_photo(data, min_face_px=MIN_FACE_PX)
+    assert (analysis.width, analysis.height) == (1126, 661)
+    assert sorted(match(face.descriptor) for face in analysis.faces) == ["biden", "obama"]
+
+
+def test_each_selfie_shows_exactly_one_face(selfies):
+    assert {person: len(a.faces) for person, a in selfies.items()} == dict.fromkeys(selfies, 1)
+
+
+def test_selfie_analysis_finds_two_people_or_nobody():
+    assert len(analyse_selfie(read("event/e12.jpg")).faces) == 2
+    blank = encode(Image.new("RGB", (1200, 900), (190, 180, 170)), "JPEG")
+    assert analyse_selfie(blank).faces == ()
+
+
+def test_a_phone_sized_selfie_is_decoded_at_reduced_scale_with_the_same_face(selfies):
+    original = ImageOps.exif_transpose(Image.open(faces_dir() / "selfies" / "obama.jpg"))
+    factor = 4032 / max(original.size)
+    big = original.resize((round(original.width * factor), round(original.height * factor)))
+    analysis = analyse_selfie(encode(big, "JPEG", quality=90))
+    (small,) = selfies["obama"].faces
+    (face,) = analysis.faces
+    assert (analysis.width, analysis.height) == big.size
+    assert iou(face.box, tuple(round(v * factor) for v in small.box)) > 0.8
+    assert descriptor_distance(face.descriptor, small.descriptor) < 0.15
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "truncated jpeg", "gif"])
+def test_undecodable_input_raises_unreadable_image(kind):
+    data = {
+        "empty": b"",
+        "text": b"not an image at all",
+        "truncated jpeg": read("event/e12.jpg")[:20_000],
+        "gif": encode(Image.open(faces_dir() / "event" / "e12.jpg"), "GIF"),  # not a photo format
+    }[kind]
+    with pytest.raises(UnreadableImage, match="not an image that can be read") as caught:
+        analyse_photo(data, min_face_px=MIN_FACE_PX)
+    assert isinstance(caught.value, ValueError)
+
+
+async def test_local_recognizer_runs_in_processes_and_survives_a_killed_worker(photos, selfies):
+    names = ["e12.jpg", "e13.jpg", "e14.jpg", "e08.png"]
+    async with LocalRecognizer(processes=2, min_face_px=MIN_FACE_PX) as recognizer:
+        await recognizer.warm_up()
+        pool = recognizer._pool
+        assert len(pool._processes) == 2
+
+        results = await asyncio.gather(
+            *(recognizer.analyse_photo(read(f"event/{name}")) for name in names),
+            recognizer.analyse_selfie(read("selfies/biden.jpg")),
+        )
+        assert results == [*(photos[name] for name in names), selfies["biden"]]
+
+        victim = next(iter(pool._processes))
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not pool._broken:  # wait until the executor has noticed, so the retry is tested
+            assert time.monotonic() < deadline, "the pool did not notice its dead worker"
+            await asyncio.sleep(0.02)
+
+        assert await recognizer.analyse_photo(read("event/e12.jpg")) == photos["e12.jpg"]
+        assert recognizer._pool is not pool
+        assert victim not in recognizer._pool._processes
+    assert recognizer._pool is None
+    with pytest.raises(RuntimeError, match="not open"):
+        await recognizer.analyse_selfie(read("selfies/biden.jpg"))
