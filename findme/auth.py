@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import secrets
@@ -77,9 +78,11 @@ class Authenticator:
         secret_key: str,
         session_max_age_s: int,
         users: AsyncCache[User | None],
+        sessions: AsyncCache[BrowserSession | None],
     ) -> None:
         self._db = db
         self._users = users
+        self._sessions = sessions
         self._signer = URLSafeTimedSerializer(secret_key, salt="findme-session")
         self._max_age_s = session_max_age_s
 
@@ -111,8 +114,10 @@ class Authenticator:
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax")
 
     async def end_session(self, browser: BrowserSession) -> None:
+        """Delete the session; the caller announces it so other instances forget it too."""
         async with self._db.transaction() as session:
             await session.execute(delete(BrowserSession).where(BrowserSession.id == browser.id))
+        self._sessions.invalidate({browser.id})
 
     async def identify(self, connection: HTTPConnection) -> Principal | None:
         authorization = connection.headers.get("authorization", "")
@@ -136,31 +141,45 @@ class Authenticator:
             await session.execute(
                 update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=utcnow())
             )
-            user = await self.user(session, row.user_id)
+        user = await self._users.get((row.user_id,), lambda: self._load_user(row.user_id))
         if user is None:
             raise NotSignedIn("This API token is unknown or revoked. Create a new one.")
         return Principal(user=user)
 
-    async def user(self, session: AsyncSession, user_id: int) -> User | None:
-        """The account, from the users cache (60 s) or the database."""
-        return await self._users.get((user_id,), lambda: session.get(User, user_id))
-
-    def forget_users(self, user_ids: set[int]) -> None:
+    async def forget_users(self, user_ids: set[int]) -> None:
+        """Their accounts changed (or ended): drop cached accounts and browser sessions."""
         self._users.invalidate(set(user_ids))
+        self._sessions.invalidate_where(
+            lambda browser: browser is not None and browser.user_id in user_ids
+        )
 
     async def _from_cookie(self, cookie: str) -> Principal | None:
+        session_id = self._session_id(cookie)
+        if session_id is None:
+            return None
+        browser = await self._sessions.get((session_id,), lambda: self._load_session(session_id))
+        if browser is None or browser.expires_at <= utcnow():
+            return None
+        user = await self._users.get((browser.user_id,), lambda: self._load_user(browser.user_id))
+        return None if user is None else Principal(user=user, session=browser)
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Authenticator per app
+    def _session_id(self, cookie: str) -> str | None:
+        """The session id a cookie carries, if we signed it (expiry is the session row's)."""
         try:
-            session_id = self._signer.loads(cookie, max_age=self._max_age_s)
+            session_id: str = self._signer.loads(cookie)
         except BadSignature:
             return None
+        return session_id
+
+    async def _load_session(self, session_id: str) -> BrowserSession | None:
         async with self._db.sessions() as session:
-            browser = await session.scalar(
-                select(BrowserSession).where(
-                    BrowserSession.id == session_id, BrowserSession.expires_at > utcnow()
-                )
-            )
-            user = None if browser is None else await self.user(session, browser.user_id)
-        return None if browser is None or user is None else Principal(user=user, session=browser)
+            found: BrowserSession | None = await session.get(BrowserSession, session_id)
+            return found
+
+    async def _load_user(self, user_id: int) -> User | None:
+        async with self._db.sessions() as session:
+            return await session.get(User, user_id)
 
 
 def check_origin(connection: HTTPConnection) -> None:

@@ -22,7 +22,10 @@ class AsyncCache(Generic[V]):
 
     def __init__(self, name: str, *, maxsize: int, ttl_s: float) -> None:
         self.name = name
-        self._entries: TTLCache[tuple[Hashable, ...], V] = TTLCache(maxsize=maxsize, ttl=ttl_s)
+        self.enabled = ttl_s > 0
+        self._entries: TTLCache[tuple[Hashable, ...], V] = TTLCache(
+            maxsize=maxsize, ttl=max(ttl_s, 0.001)
+        )
         self._loading: dict[tuple[Hashable, ...], asyncio.Future[V]] = {}
         # Bumped by invalidation: a load that started before it must not store its result.
         self._generation: defaultdict[Hashable, int] = defaultdict(int)
@@ -30,6 +33,9 @@ class AsyncCache(Generic[V]):
         self.misses = 0
 
     async def get(self, key: tuple[Hashable, ...], load: Callable[[], Awaitable[V]]) -> V:
+        if not self.enabled:
+            self.misses += 1
+            return await load()
         try:
             value = self._entries[key]
         except KeyError:
@@ -63,6 +69,14 @@ class AsyncCache(Generic[V]):
         for key in [key for key in list(self._entries.keys()) if key[0] in owners]:
             self._entries.pop(key, None)
 
+    def invalidate_where(self, stale: Callable[[V], bool]) -> None:
+        """Drop entries whose value is stale (for caches keyed by something else than owner)."""
+        for owner in list(self._generation):
+            self._generation[owner] += 1
+        for key, value in list(self._entries.items()):
+            if stale(value):
+                self._entries.pop(key, None)
+
     def clear(self) -> None:
         for owner in {key[0] for key in self._entries.keys()}:
             self._generation[owner] += 1
@@ -82,20 +96,24 @@ class AsyncCache(Generic[V]):
 
 @dataclass
 class Caches:
-    my_photos: AsyncCache[dict[str, Any]]
+    my_photos: AsyncCache[bytes]
     events: AsyncCache[Any]
     users: AsyncCache[Any]
+    sessions: AsyncCache[Any]
 
     @classmethod
-    def create(cls) -> Caches:
+    def create(cls, *, my_photos_s: float, events_s: float, users_s: float) -> Caches:
+        """Time to live of each cache; 0 turns a cache off."""
         return cls(
-            my_photos=AsyncCache("my_photos", maxsize=10_000, ttl_s=30),
-            events=AsyncCache("events", maxsize=2_000, ttl_s=120),
-            users=AsyncCache("users", maxsize=10_000, ttl_s=60),
+            my_photos=AsyncCache("my_photos", maxsize=10_000, ttl_s=my_photos_s),
+            events=AsyncCache("events", maxsize=2_000, ttl_s=events_s),
+            users=AsyncCache("users", maxsize=10_000, ttl_s=users_s),
+            # Signed-in browsers: without it every request pays a database round trip.
+            sessions=AsyncCache("sessions", maxsize=20_000, ttl_s=users_s),
         )
 
     def all(self) -> list[AsyncCache[Any]]:
-        return [self.my_photos, self.events, self.users]
+        return [self.my_photos, self.events, self.users, self.sessions]
 
     async def matches_changed(self, user_ids: set[int]) -> None:
         self.my_photos.invalidate(set(user_ids))

@@ -1,8 +1,10 @@
-"""News that a user's matches changed, for their caches and live pages, across instances.
+"""News that users changed, for caches and live pages, across instances.
 
-Within a process, subscribers get an `asyncio.Event` set on each change. On PostgreSQL every
-change is also sent with NOTIFY, and each instance LISTENs, so a match made by a worker of
-another instance reaches this instance's caches and open pages too.
+Two kinds of news: a user's matches changed (caches of "my photos", live pages), or their
+account did (sign-out, erasure, new selfie: cached sessions and users). Within a process,
+listeners are called and subscribers get an `asyncio.Event` set on each change of matches. On
+PostgreSQL every change is also sent with NOTIFY, and each instance LISTENs, so a match made by
+a worker of another instance reaches this instance's caches and open pages too.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ CHANNEL = "findme_matches"
 MAX_PAYLOAD_IDS = 500  # NOTIFY payloads stop at 8000 bytes
 
 Listener = Callable[[set[int]], Awaitable[None]]
+MATCHES = "matches"
+ACCOUNTS = "accounts"
 
 
 class MatchFeed:
@@ -30,12 +34,12 @@ class MatchFeed:
         self._dsn = postgres_dsn
         self._instance = uuid.uuid4().hex[:12]
         self._subscribers: dict[int, set[asyncio.Event]] = defaultdict(set)
-        self._listeners: list[Listener] = []
+        self._listeners: dict[str, list[Listener]] = {MATCHES: [], ACCOUNTS: []}
         self._connection: asyncpg.Connection | None = None
 
-    def add_listener(self, listener: Listener) -> None:
+    def add_listener(self, listener: Listener, *, kind: str = MATCHES) -> None:
         """Called with the changed user ids, for changes made here or by another instance."""
-        self._listeners.append(listener)
+        self._listeners[kind].append(listener)
 
     async def __aenter__(self) -> MatchFeed:
         if self._dsn is not None:
@@ -49,8 +53,8 @@ class MatchFeed:
             with contextlib.suppress(Exception):
                 await connection.close(timeout=5)
 
-    async def publish(self, user_ids: set[int]) -> None:
-        await self._deliver(user_ids)
+    async def publish(self, user_ids: set[int], *, kind: str = MATCHES) -> None:
+        await self._deliver(kind, user_ids)
         if self._connection is None:
             return
         ordered = sorted(user_ids)
@@ -58,23 +62,25 @@ class MatchFeed:
             chunk = ",".join(str(user_id) for user_id in ordered[start : start + MAX_PAYLOAD_IDS])
             try:
                 await self._connection.execute(
-                    "SELECT pg_notify($1, $2)", CHANNEL, f"{self._instance}:{chunk}"
+                    "SELECT pg_notify($1, $2)", CHANNEL, f"{self._instance}:{kind}:{chunk}"
                 )
             except Exception:
                 # Other instances then catch up by their cache TTL; this one is up to date.
                 logger.warning("NOTIFY failed", exc_info=True, extra={"action": "notify_error"})
 
     def _on_notify(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
-        sender, _, ids = payload.partition(":")
-        if sender == self._instance:
+        sender, kind, ids = [*payload.split(":", 2), "", ""][:3]
+        if sender == self._instance or kind not in self._listeners:
             return
         user_ids = {int(part) for part in ids.split(",") if part.isdigit()}
         if user_ids:
-            asyncio.get_running_loop().create_task(self._deliver(user_ids))
+            asyncio.get_running_loop().create_task(self._deliver(kind, user_ids))
 
-    async def _deliver(self, user_ids: set[int]) -> None:
-        for listener in self._listeners:
+    async def _deliver(self, kind: str, user_ids: set[int]) -> None:
+        for listener in self._listeners[kind]:
             await listener(user_ids)
+        if kind != MATCHES:
+            return
         for user_id in user_ids:
             for signal in self._subscribers.get(user_id, ()):
                 signal.set()

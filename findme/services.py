@@ -8,16 +8,20 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import aioboto3  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
+from findme import rekognition, s3
 from findme.auth import Authenticator
 from findme.cache import Caches
 from findme.db import Database
-from findme.live import MatchFeed
+from findme.live import ACCOUNTS, MatchFeed
 from findme.matching import Matcher, purge_expired_faces
 from findme.pipeline import Pipeline
 from findme.ratelimit import RateLimiter
 from findme.recognition import LocalRecognizer
+from findme.rekognition import RekognitionMatcher, RekognitionRecognizer
+from findme.s3 import S3Storage
 from findme.settings import Settings
 from findme.storage import DatabaseStorage, PhotoStorage
 
@@ -39,10 +43,16 @@ class AppState:
     feed: MatchFeed
     limits: RateLimiter
     pipeline: Pipeline | None = None
+    # The photo engine when FINDME_RECOGNIZER=rekognition (selfies are still checked locally).
+    rekognition: RekognitionRecognizer | None = None
 
     async def on_matches_changed(self, user_ids: set[int]) -> None:
         """Tell whoever shows these users' photos (caches, live pages, other instances)."""
         await self.feed.publish(user_ids)
+
+    async def on_accounts_changed(self, user_ids: set[int]) -> None:
+        """Signed out, erased or new selfie: every instance drops its cached copies."""
+        await self.feed.publish(user_ids, kind=ACCOUNTS)
 
 
 @asynccontextmanager
@@ -53,13 +63,18 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
         recognizer = await stack.enter_async_context(
             LocalRecognizer(processes=settings.engine_processes, min_face_px=settings.min_face_px)
         )
-        caches = Caches.create()
+        caches = Caches.create(
+            my_photos_s=settings.cache_my_photos_s,
+            events_s=settings.cache_events_s,
+            users_s=settings.cache_users_s,
+        )
         feed = await stack.enter_async_context(
             MatchFeed(postgres_dsn=None if db.is_sqlite else _asyncpg_dsn(settings.database_url))
         )
         feed.add_listener(caches.matches_changed)
         limits = rate_limiter(settings)
         stack.push_async_callback(limits.aclose)
+        storage, cloud = await _open_aws(stack, settings, db)
         state = AppState(
             settings=settings,
             db=db,
@@ -68,13 +83,16 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
                 secret_key=settings.secret_key,
                 session_max_age_s=settings.session_max_age_s,
                 users=caches.users,
+                sessions=caches.sessions,
             ),
-            storage=DatabaseStorage(db),
+            storage=storage,
             recognizer=recognizer,
             caches=caches,
             feed=feed,
             limits=limits,
+            rekognition=cloud,
         )
+        feed.add_listener(state.auth.forget_users, kind=ACCOUNTS)
         if run_workers:
             # Models load in the background: requests are served while the engine warms up.
             warm_up = asyncio.create_task(recognizer.warm_up())
@@ -82,6 +100,31 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             state.pipeline = build_pipeline(state)
             await stack.enter_async_context(state.pipeline)
         yield state
+
+
+async def _open_aws(
+    stack: AsyncExitStack, settings: Settings, db: Database
+) -> tuple[PhotoStorage, RekognitionRecognizer | None]:
+    """Storage and cloud engine as the settings choose: one long-lived client of each."""
+    storage: PhotoStorage = DatabaseStorage(db)
+    cloud: RekognitionRecognizer | None = None
+    if settings.storage != "s3" and settings.recognizer != "rekognition":
+        return storage, cloud
+    aws = aioboto3.Session(region_name=settings.aws_region)
+    if settings.storage == "s3":
+        client = await stack.enter_async_context(s3.open_client(aws, settings))
+        s3_storage = S3Storage(client=client, bucket=settings.s3_bucket, prefix=settings.s3_prefix)
+        stack.push_async_callback(s3_storage.aclose)  # before its client closes
+        storage = s3_storage
+    if settings.recognizer == "rekognition":
+        client = await stack.enter_async_context(rekognition.open_client(aws, settings))
+        cloud = RekognitionRecognizer(
+            client=client,
+            concurrency=settings.aws_concurrency,
+            collection_prefix=settings.rekognition_collection_prefix,
+            min_similarity=settings.rekognition_min_similarity,
+        )
+    return storage, cloud
 
 
 def rate_limiter(settings: Settings) -> RateLimiter:
@@ -114,15 +157,31 @@ def build_pipeline(state: AppState) -> Pipeline:
         threshold=settings.match_threshold,
         on_matches_changed=state.on_matches_changed,
     )
+    handlers = matcher.handlers()
+    if state.rekognition is not None:
+        handlers = RekognitionMatcher(
+            db=state.db,
+            storage=state.storage,
+            recognizer=state.rekognition,
+            on_matches_changed=state.on_matches_changed,
+        ).handlers()
 
     async def housekeeping() -> None:
+        if state.rekognition is not None:
+            dropped = await state.rekognition.purge_expired(
+                state.db, retention_days=settings.retention_days
+            )
+            if dropped:
+                logger.info(
+                    "deleted %d expired collections", dropped, extra={"action": "retention_purge"}
+                )
         purged = await purge_expired_faces(state.db, retention_days=settings.retention_days)
         if purged:
             logger.info("purged %d expired faces", purged, extra={"action": "retention_purge"})
 
     return Pipeline(
         db=state.db,
-        handlers=matcher.handlers(),
+        handlers=handlers,
         workers=settings.workers,
         lease_s=settings.job_lease_s,
         timeout_s=settings.job_timeout_s,

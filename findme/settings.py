@@ -137,6 +137,9 @@ class Settings:
     db_pool_recycle_s: int = 1800
     db_pool_timeout_s: int = 30
     session_max_age_s: int = 14 * 24 * 3600
+    cache_my_photos_s: float = 30.0
+    cache_events_s: float = 120.0
+    cache_users_s: float = 60.0
     rate_limit_storage: str = "memory://"
     rate_login_ip: str = "30/minute"
     rate_login_account: str = "10 per 15 minutes"
@@ -241,6 +244,9 @@ class Settings:
             db_max_overflow=read.integer("FINDME_DB_MAX_OVERFLOW", cls.db_max_overflow),
             db_pool_recycle_s=read.integer("FINDME_DB_POOL_RECYCLE_S", cls.db_pool_recycle_s),
             db_pool_timeout_s=read.integer("FINDME_DB_POOL_TIMEOUT_S", cls.db_pool_timeout_s),
+            cache_my_photos_s=read.number("FINDME_CACHE_MY_PHOTOS_S", cls.cache_my_photos_s),
+            cache_events_s=read.number("FINDME_CACHE_EVENTS_S", cls.cache_events_s),
+            cache_users_s=read.number("FINDME_CACHE_USERS_S", cls.cache_users_s),
             rate_limit_storage=read.text("FINDME_RATE_LIMIT_STORAGE", cls.rate_limit_storage),
             rate_login_ip=read.text("FINDME_RATE_LOGIN_IP", cls.rate_login_ip),
             rate_login_account=read.text("FINDME_RATE_LOGIN_ACCOUNT", cls.rate_login_account),

@@ -96,7 +96,7 @@ async def test_admin_sees_cache_figures_and_clears_them(make_user, make_event) -
     my_photos = stats["cache"]["my_photos"]
     assert (my_photos["hits"], my_photos["misses"], my_photos["size"]) == (2, 1, 1)
     assert my_photos["hit_rate"] == pytest.approx(2 / 3, abs=0.001)
-    assert set(stats["cache"]) == {"my_photos", "events", "users"}
+    assert set(stats["cache"]) == {"my_photos", "events", "users", "sessions"}
     assert set(stats["queue"]) >= {
         "total_enqueued",
         "total_processed",
@@ -108,3 +108,40 @@ async def test_admin_sees_cache_figures_and_clears_them(make_user, make_event) -
     assert cleared.status_code == 200
     assert (await admin.get("/api/admin/queue/stats")).json()["cache"]["my_photos"]["size"] == 0
     assert (await attendee.post("/api/admin/cache/clear")).status_code == 403
+
+
+async def test_sign_out_on_one_instance_ends_the_session_on_every_instance(settings) -> None:
+    import httpx
+
+    from tests.conftest import PASSWORD, serve
+
+    async with serve(settings) as first_url, serve(settings) as second_url:
+        async with httpx.AsyncClient(base_url=first_url) as first:
+            body = {"email": "two@example.com", "password": PASSWORD, "name": "Two"}
+            await first.post("/api/auth/register", json=body)
+            login = await first.post("/api/auth/login", json=body)
+            first.headers["x-csrf-token"] = login.json()["csrf_token"]
+            cookie = first.cookies["findme_session"]
+            async with httpx.AsyncClient(
+                base_url=second_url, cookies={"findme_session": cookie}
+            ) as second:
+                assert (await second.get("/api/me")).status_code == 200  # now cached there
+                assert (await first.post("/api/auth/logout")).status_code == 204
+                for _ in range(50):  # NOTIFY reaches the other instance within moments
+                    if (await second.get("/api/me")).status_code == 401:
+                        break
+                    await asyncio.sleep(0.05)
+                assert (await second.get("/api/me")).status_code == 401
+
+
+async def test_a_zero_time_to_live_turns_a_cache_off() -> None:
+    cache: AsyncCache[int] = AsyncCache("off", maxsize=10, ttl_s=0)
+    loads = 0
+
+    async def load() -> int:
+        nonlocal loads
+        loads += 1
+        return loads
+
+    assert [await cache.get((1,), load) for _ in range(3)] == [1, 2, 3]
+    assert cache.stats()["size"] == 0

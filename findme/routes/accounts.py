@@ -137,6 +137,7 @@ async def logout(request: Request) -> Response:
     principal = await current_principal(request)
     if principal is not None and principal.session is not None:
         await state.auth.end_session(principal.session)
+        await state.on_accounts_changed({principal.id})
     response = Response(status_code=204)
     state.auth.clear_cookie(response)
     return response

@@ -104,6 +104,10 @@ def iso(value: dt.datetime | dt.date | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def json_bytes(content: Any) -> bytes:
+    return bytes(JSONResponse(content).body)
+
+
 def json_response(content: Any, status_code: int = 200) -> JSONResponse:
     return JSONResponse(content, status_code=status_code)
 

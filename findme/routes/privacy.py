@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from findme import jobs
-from findme.db import EventMember, User, utcnow
+from findme.db import Event, EventMember, Photo, User, utcnow
 from findme.errors import BadRequest, TooLarge, Unprocessable
 from findme.images import prepare_upload
 from findme.recognition import UnreadableImage
@@ -110,6 +110,9 @@ async def put_selfie(request: Request) -> Response:
         raise SeveralFaces()
     now = utcnow()
     async with state.db.transaction() as session:
+        if state.rekognition is not None:
+            # The old selfie's faces go; the match jobs below index the new one.
+            await state.rekognition.forget_selfie(session, principal.id)
         await session.execute(
             update(User)
             .where(User.id == principal.id)
@@ -125,7 +128,7 @@ async def put_selfie(request: Request) -> Response:
         )
         for event_id in event_ids:
             await jobs.enqueue_member_match(session, event_id=event_id, user_id=principal.id)
-    state.auth.forget_users({principal.id})
+    await state.on_accounts_changed({principal.id})
     if state.pipeline is not None:
         state.pipeline.notify()
     return json_response({"has_selfie": True, "consent_at": iso(now)})
@@ -139,11 +142,23 @@ async def erase_me(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
     async with state.db.transaction() as session:
+        if state.rekognition is not None:
+            # Faces in the cloud go first: if AWS fails, nothing is deleted and erasure can be
+            # asked again.
+            await state.rekognition.forget_user(session, principal.id)
+        organised_photos = list(
+            await session.scalars(
+                select(Photo.id)
+                .join(Event, Event.id == Photo.event_id)
+                .where(Event.organiser_id == principal.id)
+            )
+        )
         # Rows that reference the user go with it (ON DELETE CASCADE): sessions, tokens,
         # memberships, matches, "not me" rejections, and events the user organised.
         await session.execute(delete(User).where(User.id == principal.id))
-    state.auth.forget_users({principal.id})
+    await state.on_accounts_changed({principal.id})
     await state.on_matches_changed({principal.id})
+    await state.storage.delete(organised_photos)
     response = Response(status_code=204)
     state.auth.clear_cookie(response)
     return response
