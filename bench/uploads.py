@@ -1,0 +1,173 @@
+"""Upload speed against the disk's limit, the server's memory while uploading, and image bytes.
+
+    .venv/bin/python bench/uploads.py [--photos 100]
+
+100 photos (~250 MB, 3000x2000 JPEGs with distinct bytes, cached in bench/.cache) are sent to a
+real `findme serve` (workers off: this measures the upload path alone) in one multipart request,
+then to another event in 10 parallel requests. The limit is reading the same bytes with `cat`
+into `sha256sum`, timed in the same run. The server's resident memory is sampled every 20 ms.
+Then a 100-photo grid is loaded the way a browser does: thumbnails, then a second visit with
+If-None-Match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.harness import CACHE, Server, fresh_database, photographer, server, sign_in
+from tests.shared_faces import faces_dir, manifest
+
+SIZE = (3000, 2000)
+
+
+def upload_photos(count: int) -> list[Path]:
+    folder = CACHE / "upload"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(manifest()["event"])
+    paths = []
+    for index in range(count):
+        base = names[index % len(names)]
+        path = folder / f"{index:04d}-{Path(base).stem}.jpg"
+        if not path.exists():
+            image = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / base)).convert("RGB")
+            image = ImageOps.fit(image, SIZE, Image.Resampling.BICUBIC)
+            pixels = np.asarray(image, dtype=np.int16)
+            grain = np.random.default_rng(index).normal(0, 6, (*pixels.shape[:2], 1))
+            noisy = np.clip(pixels + grain.astype(np.int16), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(path, "JPEG", quality=95)
+        paths.append(path)
+    return paths
+
+
+class PeakMemory:
+    """Samples a process's resident memory in a thread; `growth_mb` is peak minus start."""
+
+    def __init__(self, srv: Server) -> None:
+        self._srv = srv
+        self._stop = threading.Event()
+        self.start_kb = srv.rss_kb()
+        self.peak_kb = self.start_kb
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, self._srv.rss_kb())
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak_kb - self.start_kb) / 1024
+
+
+def disk_limit(paths: list[Path]) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        f"cat {' '.join(str(path) for path in paths)} | sha256sum",
+        shell=True,
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+async def send(client, event_id: int, batch: list[Path]) -> None:
+    with ExitStack() as files:
+        parts = [
+            ("files", (path.name, files.enter_context(path.open("rb")), "image/jpeg"))
+            for path in batch
+        ]
+        response = await client.post(
+            f"/api/photographer/events/{event_id}/upload-photos", files=parts
+        )
+    response.raise_for_status()
+    statuses = {result["status"] for result in response.json()["results"]}
+    assert statuses == {"created"}, statuses
+
+
+async def timed_upload(
+    srv: Server, client, paths: list[Path], requests: int
+) -> tuple[float, float]:
+    event_id = (await client.post("/api/events", json={"name": f"{requests} requests"})).json()[
+        "id"
+    ]
+    per_request = -(-len(paths) // requests)
+    batches = [paths[i : i + per_request] for i in range(0, len(paths), per_request)]
+    with PeakMemory(srv) as memory:
+        started = time.perf_counter()
+        await asyncio.gather(*(send(client, event_id, batch) for batch in batches))
+        elapsed = time.perf_counter() - started
+    return elapsed, memory.growth_mb
+
+
+async def grid(client) -> None:
+    events = (await client.get("/api/events")).json()["items"]
+    event_id = events[-1]["id"]
+    items = (
+        await client.get("/api/all-photos", params={"event_id": event_id, "limit": 100})
+    ).json()["items"]
+    thumbs = [await client.get(item["thumb_url"]) for item in items]
+    thumb_bytes = sum(len(response.content) for response in thumbs)
+    originals = sum(
+        item_size for item_size in [len((await client.get(i["image_url"])).content) for i in items]
+    )
+    again = [
+        await client.get(item["thumb_url"], headers={"if-none-match": response.headers["etag"]})
+        for item, response in zip(items, thumbs, strict=True)
+    ]
+    not_modified = sum(response.status_code == 304 for response in again)
+    second_bytes = sum(len(response.content) for response in again)
+    print(
+        f"grid of {len(items)} photos: thumbnails {thumb_bytes / 1e6:.1f} MB vs originals "
+        f"{originals / 1e6:.1f} MB ({thumb_bytes / originals:.1%})"
+    )
+    print(
+        f"second visit: {not_modified}/{len(again)} answered 304 Not Modified, "
+        f"{second_bytes} body bytes"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=100)
+    args = parser.parse_args()
+    paths = upload_photos(args.photos)
+    total_mb = sum(path.stat().st_size for path in paths) / 1e6
+    print(f"{len(paths)} photos, {total_mb:.0f} MB")
+    disk_s = disk_limit(paths)
+    print(f"cat | sha256sum (the disk's limit): {disk_s:.2f} s ({total_mb / disk_s:.0f} MB/s)")
+    async with fresh_database() as url:
+        with server(url, FINDME_RUN_WORKERS="false") as srv:
+            client = await sign_in(srv.url, photographer(srv))
+            for requests in (1, 10):
+                elapsed, growth = await timed_upload(srv, client, paths, requests)
+                print(
+                    f"{requests:>2} request(s): last response after {elapsed:.2f} s "
+                    f"({total_mb / elapsed:.0f} MB/s, {elapsed / disk_s:.1f}x the disk's limit); "
+                    f"server RSS grew {growth:.0f} MB at peak"
+                )
+            await grid(client)
+            await client.aclose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
