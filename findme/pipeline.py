@@ -110,11 +110,13 @@ class Pipeline:
         deadline = time.monotonic() + self._grace_s
         while self.active and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        # Taken before cancelling: a cancelled worker drops its job from `_held` on the way out.
+        # A job that finishes meanwhile is not released: its token no longer matches.
+        unfinished = waiting + list(self._held.values())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        unfinished = waiting + list(self._held.values())
         self._held.clear()
         await jobs.release(self._db, unfinished)
         logger.info(

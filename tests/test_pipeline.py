@@ -136,6 +136,20 @@ async def test_group_shot_faces_are_all_found_and_matched(gala, make_user, serve
         assert await my_filenames(client, gala.event["id"]) == ["group.jpg"], person
 
 
+async def test_a_photo_without_faces_is_final_not_rescanned(gala, server) -> None:
+    landscape = io.BytesIO()
+    Image.linear_gradient("L").resize((900, 600)).convert("RGB").save(landscape, "JPEG")
+    response = await gala.post(
+        UPLOAD.format(gala.event["id"]), files={"files": ("sunset.jpg", landscape.getvalue())}
+    )
+    job_id = response.json()["results"][0]["job_id"]
+    assert (await drain(server.settings))["done"] == 1
+    photos = (await gala.get("/api/all-photos", params={"event_id": gala.event["id"]})).json()
+    assert photos["items"][0]["status"] == "no_faces"
+    assert (await gala.get(f"/api/jobs/{job_id}")).json()["status"] == "done"
+    assert (await drain(server.settings))["done"] == 0  # nothing left to scan again
+
+
 async def test_selfie_rules(make_user) -> None:
     client = await make_user()
     folder = faces_dir()
