@@ -22,6 +22,16 @@ services:
 test: install services
 	$(VENV)/bin/python -m pytest
 
+# Every benchmark, each printing its figures (docs/BENCHMARKS.md); about ten minutes on 2 cores
+# the first time (test photos are generated and cached in bench/.cache), less afterwards.
+bench: install services
+	@command -v wrk >/dev/null || scripts/apt-install.sh wrk
+	$(VENV)/bin/python bench/lists.py
+	$(VENV)/bin/python bench/uploads.py
+	$(VENV)/bin/python bench/pipeline.py
+	$(VENV)/bin/python bench/group_shots.py
+	$(VENV)/bin/python bench/aws_calls.py
+
 lint: install
 	$(VENV)/bin/ruff check findme tests bench alembic
 	$(VENV)/bin/ruff format --check findme tests bench alembic

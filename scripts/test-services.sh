@@ -22,14 +22,7 @@ if ! pg_ready; then
   exit 1
 fi
 
-apt_install() {
-  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-    echo "Install $* (Debian packages) and run make test again." >&2
-    exit 1
-  fi
-  echo "Installing $* for the tests." >&2
-  apt-get install -y -q "$@" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$@" >/dev/null; }
-}
+apt_install() { "$(dirname "$0")/apt-install.sh" "$@"; }
 
 redis_ready() { (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; }
 if ! redis_ready; then
