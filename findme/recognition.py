@@ -276,9 +276,12 @@ def nearest_member(
     return None
 
 
-def _init_worker() -> None:
+def _init_worker(niceness: int) -> None:
     # Ctrl-C reaches the whole process group: the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Face work is background work: the web process and the database come first for the CPU,
+    # so pages stay quick while a mass upload is processed.
+    os.nice(niceness)
     _load_models()
 
 
@@ -291,9 +294,10 @@ def _worker_pid() -> int:
 class LocalRecognizer:
     """Runs the face code in a pool of processes that each load the dlib models once."""
 
-    def __init__(self, *, processes: int, min_face_px: int) -> None:
+    def __init__(self, *, processes: int, min_face_px: int, niceness: int = 10) -> None:
         self.processes = processes
         self.min_face_px = min_face_px
+        self.niceness = niceness
         self._pool: ProcessPoolExecutor | None = None
 
     async def __aenter__(self) -> LocalRecognizer:
@@ -337,6 +341,7 @@ class LocalRecognizer:
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
+            initargs=(self.niceness,),
         )
 
     async def _run(self, call: Callable[[], _T]) -> _T:

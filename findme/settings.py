@@ -114,6 +114,7 @@ class Settings:
     workers: int = 3
     run_workers: bool = True
     engine_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    engine_niceness: int = 10
     recognizer: str = "local"
     storage: str = "database"
     min_face_px: int = 120
@@ -216,6 +217,7 @@ class Settings:
             engine_processes=read.integer(
                 "FINDME_ENGINE_PROCESSES", os.cpu_count() or 1, minimum=1
             ),
+            engine_niceness=read.integer("FINDME_ENGINE_NICENESS", cls.engine_niceness),
             recognizer=read.choice("FINDME_RECOGNIZER", "local", ("local", "rekognition")),
             storage=storage,
             min_face_px=read.integer("FINDME_MIN_FACE_PX", cls.min_face_px, minimum=20),
