@@ -11,9 +11,11 @@ from collections import Counter
 from pathlib import Path
 
 from findme.db import Database, Role
+from findme.doctor import add_doctor_command
 from findme.errors import FindMeError
 from findme.logs import configure_logging
 from findme.settings import Settings
+from findme.watcher import add_watch_command
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
@@ -150,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--burst", action="store_true", help="drain the queue, show progress, then exit"
     )
     process.set_defaults(run=_process)
+    add_watch_command(commands)
+    add_doctor_command(commands)
     return parser
 
 

@@ -11,12 +11,12 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import Select, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme.db import (
@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 MatchesChanged = Callable[[set[int]], Awaitable[None]]
 _DTYPE = np.dtype("<f4")
+# pg_advisory_xact_lock(namespace, event_id): the event's matches and its once-only cloud work.
+EVENT_LOCK_NAMESPACE = 0x46D
 
 
 @dataclass(frozen=True)
@@ -51,8 +53,45 @@ class FaceRow:
 
 @dataclass(frozen=True)
 class Assignment:
-    face_id: int
+    # None only for a match kept after retention purged its face.
+    face_id: int | None
     distance: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Evidence that a face may be a member; a lower distance is more alike."""
+
+    face_id: int
+    photo_id: int
+    user_id: int
+    distance: float
+
+
+def choose_matches(
+    candidates: Iterable[Candidate], *, rejected: Iterable[tuple[int, int]] = ()
+) -> dict[tuple[int, int], Assignment]:
+    """(photo_id, user_id) → face: each face goes to its nearest member who did not reject the
+    photo ("not me"), never to several look-alikes."""
+    refused = set(rejected)
+    nearest: dict[int, Candidate] = {}
+    for candidate in candidates:
+        if (candidate.photo_id, candidate.user_id) in refused:
+            continue
+        best = nearest.get(candidate.face_id)
+        if best is None or candidate.distance < best.distance:
+            nearest[candidate.face_id] = candidate
+    return _nearest_face_per_match(nearest.values())
+
+
+def _nearest_face_per_match(chosen: Iterable[Candidate]) -> dict[tuple[int, int], Assignment]:
+    """A member seen in one photo through several faces is matched through the nearest one."""
+    matches: dict[tuple[int, int], Assignment] = {}
+    for candidate in chosen:
+        key = (candidate.photo_id, candidate.user_id)
+        if key not in matches or candidate.distance < matches[key].distance:
+            matches[key] = Assignment(candidate.face_id, candidate.distance)
+    return matches
 
 
 def assign_faces(
@@ -81,15 +120,40 @@ def assign_faces(
         if user_id in column:
             distances[photo_rows.get(photo_id, []), column[user_id]] = np.inf
     best = distances.argmin(axis=1)
-    chosen: dict[tuple[int, int], Assignment] = {}
-    for row, face in enumerate(faces):
-        distance = float(distances[row, best[row]])
-        if distance >= threshold:
-            continue
-        key = (face.photo_id, user_ids[best[row]])
-        if key not in chosen or distance < chosen[key].distance:
-            chosen[key] = Assignment(face.id, distance)
-    return chosen
+    return _nearest_face_per_match(
+        Candidate(face.id, face.photo_id, user_ids[best[row]], float(distances[row, best[row]]))
+        for row, face in enumerate(faces)
+        if distances[row, best[row]] < threshold
+    )
+
+
+async def lock_events(session: AsyncSession, event_ids: Iterable[int]) -> None:
+    """Hold these events' advisory locks (PostgreSQL) until the transaction ends.
+
+    Taken in id order, so two transactions that lock several events cannot deadlock.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return  # SQLite runs one writer at a time anyway
+    for event_id in sorted(set(event_ids)):
+        await session.execute(
+            text("SELECT pg_advisory_xact_lock(:namespace, :event_id)"),
+            {"namespace": EVENT_LOCK_NAMESPACE, "event_id": event_id},
+        )
+
+
+class EventLocks:
+    """Serialises the writes of one event: an `asyncio.Lock` within this process and a
+    transaction-scoped advisory lock across processes."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    @asynccontextmanager
+    async def transaction(self, event_id: int) -> AsyncIterator[AsyncSession]:
+        async with self._locks[event_id], self._db.transaction() as session:
+            await lock_events(session, [event_id])
+            yield session
 
 
 class Matcher:
@@ -109,23 +173,13 @@ class Matcher:
         self._recognizer = recognizer
         self._threshold = threshold
         self._on_matches_changed = on_matches_changed
-        self._event_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._event_writes = EventLocks(db).transaction
 
     def handlers(self) -> dict[JobKind, Callable[[ClaimedJob], Awaitable[None]]]:
         return {
             JobKind.process_photo: self.process_photo,
             JobKind.match_member: self.match_member,
         }
-
-    @asynccontextmanager
-    async def _event_writes(self, event_id: int) -> AsyncIterator[AsyncSession]:
-        async with self._event_locks[event_id], self._db.transaction() as session:
-            if not self._db.is_sqlite:
-                await session.execute(
-                    text("SELECT pg_advisory_xact_lock(:namespace, :event_id)"),
-                    {"namespace": 0x46D, "event_id": event_id},
-                )
-            yield session
 
     async def process_photo(self, job: ClaimedJob) -> None:
         assert job.photo_id is not None
@@ -154,9 +208,9 @@ class Matcher:
                 assert face_id is not None
                 faces.append(FaceRow(face_id, job.photo_id, found.descriptor))
             members = await _member_descriptors(session, event_id)
-            rejected = await _rejections(session, event_id, photo_id=job.photo_id)
+            rejected = await rejections(session, event_id, photo_ids=[job.photo_id])
             wanted = assign_faces(faces, members, threshold=self._threshold, rejected=rejected)
-            changed = await _sync_matches(session, event_id, wanted, photo_id=job.photo_id)
+            changed = await sync_matches(session, event_id, wanted, photo_ids=[job.photo_id])
             await session.execute(
                 update(Photo)
                 .where(Photo.id == job.photo_id)
@@ -183,9 +237,9 @@ class Matcher:
             )
             faces = [FaceRow(row.id, row.photo_id, row.descriptor) for row in face_rows]
             members = await _member_descriptors(session, job.event_id)
-            rejected = await _rejections(session, job.event_id)
+            rejected = await rejections(session, job.event_id)
             wanted = assign_faces(faces, members, threshold=self._threshold, rejected=rejected)
-            changed = await _sync_matches(session, job.event_id, wanted)
+            changed = await sync_matches(session, job.event_id, wanted)
         if changed:
             await self._on_matches_changed(changed)
 
@@ -203,34 +257,35 @@ async def _member_descriptors(session: AsyncSession, event_id: int) -> dict[int,
     }
 
 
-async def _rejections(
-    session: AsyncSession, event_id: int, *, photo_id: int | None = None
+async def rejections(
+    session: AsyncSession, event_id: int, *, photo_ids: Collection[int] | None = None
 ) -> list[tuple[int, int]]:
+    """The event's "not me" (photo_id, user_id) pairs, or those of some of its photos."""
     query = select(RejectedMatch.photo_id, RejectedMatch.user_id).join(
         Photo, Photo.id == RejectedMatch.photo_id
     )
     query = query.where(Photo.event_id == event_id)
-    if photo_id is not None:
-        query = query.where(RejectedMatch.photo_id == photo_id)
+    if photo_ids is not None:
+        query = query.where(RejectedMatch.photo_id.in_(photo_ids))
     return [(row.photo_id, row.user_id) for row in await session.execute(query)]
 
 
-async def _sync_matches(
+async def sync_matches(
     session: AsyncSession,
     event_id: int,
     wanted: dict[tuple[int, int], Assignment],
     *,
-    photo_id: int | None = None,
+    photo_ids: Collection[int] | None = None,
 ) -> set[int]:
-    """Make the stored matches (of one photo, or the whole event) equal `wanted`.
+    """Make the stored matches (of some photos, or the whole event) equal `wanted`.
 
     Returns the users whose matches changed. Idempotent: running it twice changes nothing.
     """
     query = select(FaceMatch.id, FaceMatch.photo_id, FaceMatch.user_id, FaceMatch.face_id).where(
         FaceMatch.event_id == event_id
     )
-    if photo_id is not None:
-        query = query.where(FaceMatch.photo_id == photo_id)
+    if photo_ids is not None:
+        query = query.where(FaceMatch.photo_id.in_(photo_ids))
     current = {(row.photo_id, row.user_id): row for row in await session.execute(query)}
     stale = [row.id for key, row in current.items() if key not in wanted]
     if stale:
@@ -264,12 +319,17 @@ async def _sync_matches(
     }
 
 
+def expired_events(*, retention_days: int) -> Select[int]:
+    """The ids of the events whose face data is past the retention period."""
+    cutoff = utcnow() - dt.timedelta(days=retention_days)
+    return select(Event.id).where(
+        func.coalesce(Event.date, func.date(Event.created_at)) < cutoff.date()
+    )
+
+
 async def purge_expired_faces(db: Database, *, retention_days: int) -> int:
     """Delete the face data of events older than the retention period; matches stay."""
-    cutoff = utcnow() - dt.timedelta(days=retention_days)
     async with db.transaction() as session:
-        expired = select(Event.id).where(
-            func.coalesce(Event.date, func.date(Event.created_at)) < cutoff.date()
-        )
+        expired = expired_events(retention_days=retention_days)
         result = await session.execute(delete(Face).where(Face.event_id.in_(expired)))
     return int(getattr(result, "rowcount", 0) or 0)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import coredis
-
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string

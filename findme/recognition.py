@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import signal
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -282,7 +283,22 @@ def _init_worker(niceness: int) -> None:
     # Face work is background work: the web process and the database come first for the CPU,
     # so pages stay quick while a mass upload is processed.
     os.nice(niceness)
+    _exit_with_parent(os.getppid())
     _load_models()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """If the server is killed (SIGKILL, out of memory), its engine processes go too.
+
+    Without this they wait forever on the pool's queue, each holding the models in memory.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _worker_pid() -> int:

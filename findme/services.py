@@ -61,7 +61,11 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
         db = Database(settings)
         stack.push_async_callback(db.aclose)
         recognizer = await stack.enter_async_context(
-            LocalRecognizer(processes=settings.engine_processes, min_face_px=settings.min_face_px)
+            LocalRecognizer(
+                processes=settings.engine_processes,
+                min_face_px=settings.min_face_px,
+                niceness=settings.engine_niceness,
+            )
         )
         caches = Caches.create(
             my_photos_s=settings.cache_my_photos_s,

@@ -307,7 +307,7 @@ async def test_a_killed_worker_process_loses_nothing(gala, make_user, server) ->
             break
         await asyncio.sleep(0.05)
     worker.send_signal(signal.SIGKILL)
-    worker.communicate()
+    worker.communicate()  # returns once its engine processes noticed and exited too
     assert 3 <= done < 15, "the worker should be killed in the middle of the batch"
     assert await connection.fetchval("SELECT count(*) FROM jobs WHERE status='running'") >= 1
     restarted = start_worker(server.settings, "--burst")

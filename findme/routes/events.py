@@ -228,6 +228,9 @@ async def delete_event(request: Request) -> Response:
         matched = set(
             await session.scalars(select(FaceMatch.user_id).where(FaceMatch.event_id == event.id))
         )
+        if state.rekognition is not None:
+            # Its cloud faces go first: if AWS fails, the event stays and can be deleted again.
+            await state.rekognition.delete_collections(session, [event.id])
         await session.execute(delete(Event).where(Event.id == event.id))
     state.caches.events.invalidate({event.id})
     await state.on_matches_changed(matched)
