@@ -120,6 +120,7 @@ class StorageError(FindMeError):
 
 
 class RecognitionError(FindMeError):
-    """Face recognition failed."""
+    """Face recognition is not available right now. Try again in a moment."""
 
+    status_code = 503
     code = "recognition_error"

@@ -364,6 +364,19 @@ class RekognitionRecognizer:
         await self.forget_selfie(session, user_id)
         await self.delete_collections(session, organised)
 
+    async def forget_photo(self, session: AsyncSession, photo_id: int) -> None:
+        """A deleted photo's faces leave its event's collection with it."""
+        rows = (
+            await session.execute(
+                select(Event.collection_id, Face.cloud_face_id)
+                .join(Face, Face.event_id == Event.id)
+                .where(Face.photo_id == photo_id, Face.cloud_face_id.is_not(None))
+                .order_by(Face.id)
+            )
+        ).all()
+        if rows and rows[0].collection_id:
+            await self.delete_faces(rows[0].collection_id, [row.cloud_face_id for row in rows])
+
     async def delete_collections(self, session: AsyncSession, event_ids: Collection[int]) -> None:
         """Delete these events' collections: every face indexed for them goes."""
         if not event_ids:

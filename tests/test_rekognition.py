@@ -632,7 +632,7 @@ async def test_event_deletion_deletes_the_collection_first(gala, make_user, serv
 
     fake.fail("delete_collection", "AccessDeniedException")
     refused = await gala.delete(f"/api/events/{event_id}")
-    assert refused.status_code == 500
+    assert refused.status_code == 503
     assert refused.json()["error"] == "recognition_error"
     assert "AccessDeniedException" in refused.json()["detail"]
     assert await connection.fetchval("SELECT count(*) FROM events") == 1  # nothing was lost
@@ -641,6 +641,32 @@ async def test_event_deletion_deletes_the_collection_first(gala, make_user, serv
     assert fake.calls[-1] == ("delete_collection", {"CollectionId": collection})
     assert collection not in fake.collections
     assert await connection.fetchval("SELECT count(*) FROM faces") == 0
+    await connection.close()
+
+
+async def test_photo_deletion_deletes_its_faces_from_the_collection(
+    gala, make_user, server, fake
+) -> None:
+    await small_event(gala, make_user, fake)
+    await drain(server.state)
+    connection = await pg(server.settings)
+    collection = await connection.fetchval("SELECT collection_id FROM events")
+    photo_id, *_ = await connection.fetchval("SELECT array_agg(id ORDER BY id) FROM photos")
+    face_ids = [
+        row["cloud_face_id"]
+        for row in await connection.fetch(
+            "SELECT cloud_face_id FROM faces WHERE photo_id = $1 ORDER BY id", photo_id
+        )
+    ]
+    assert face_ids
+    before = len(fake.calls)
+    assert (await gala.delete(f"/api/photo/{photo_id}")).status_code == 204
+    assert fake.calls[before:] == [
+        ("delete_faces", {"CollectionId": collection, "FaceIds": face_ids})
+    ]
+    assert (
+        await connection.fetchval("SELECT count(*) FROM faces WHERE photo_id = $1", photo_id) == 0
+    )
     await connection.close()
 
 

@@ -311,8 +311,14 @@ async def delete_photo(request: Request) -> Response:
         if photo is None:
             raise NotFound("There is no photo with this id.")
         await event_for(state, session, principal, photo.event_id, organiser=True)
+        if state.rekognition is not None:
+            await state.rekognition.forget_photo(session, photo_id)
+        matched = set(
+            await session.scalars(select(FaceMatch.user_id).where(FaceMatch.photo_id == photo_id))
+        )
         await session.execute(delete(Photo).where(Photo.id == photo_id))
     await state.storage.delete([photo_id])
+    await state.on_matches_changed(matched)
     return Response(status_code=204)
 
 
