@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -12,15 +13,18 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
 
 from findme.errors import FindMeError
 from findme.metrics import AccessLog, Metrics
-from findme.routes import accounts, admin, events, ops, photos, privacy
+from findme.routes import accounts, admin, events, live, ops, pages, photos, privacy
 from findme.services import open_services
 from findme.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 HTTP_CODES = {
     400: ("bad_request", "The request is not valid."),
@@ -52,6 +56,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *photos.routes,
         *admin.routes,
         *ops.routes,
+        *live.routes,
+        *pages.routes,
+        Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
     return Starlette(
         debug=settings.debug,
@@ -70,9 +77,19 @@ def error_response(code: str, detail: str, status_code: int, **extra: Any) -> JS
     return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status_code)
 
 
+def _wants_page(request: Request) -> bool:
+    """A browser asking for a page (not the API) gets HTML errors; a 401 signs it in."""
+    return not request.url.path.startswith("/api") and "text/html" in request.headers.get(
+        "accept", ""
+    )
+
+
 async def _findme_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FindMeError)
-    response = error_response(exc.code, exc.detail, exc.status_code)
+    if _wants_page(request):
+        response = await pages.error_page(request, status_code=exc.status_code, detail=exc.detail)
+    else:
+        response = error_response(exc.code, exc.detail, exc.status_code)
     if "retry_after_s" in exc.extra:
         response.headers["Retry-After"] = str(exc.extra["retry_after_s"])
     return response
@@ -81,13 +98,14 @@ async def _findme_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code, detail = HTTP_CODES.get(exc.status_code, ("error", str(exc.detail)))
+    if _wants_page(request):
+        return await pages.error_page(request, status_code=exc.status_code, detail=detail)
     return error_response(code, detail, exc.status_code)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error", extra={"action": "error", "path": request.url.path})
-    return error_response(
-        "internal_error",
-        "Something went wrong on our side. Try again; if it keeps failing, tell the organiser.",
-        500,
-    )
+    detail = "Something went wrong on our side. Try again; if it keeps failing, tell the organiser."
+    if _wants_page(request):
+        return await pages.error_page(request, status_code=500, detail=detail)
+    return error_response("internal_error", detail, 500)

@@ -1,0 +1,54 @@
+// Sign-in and sign-up forms.
+import { api, busy, safeNext, showError } from "./common.js";
+
+function values(form) {
+  return Object.fromEntries(new FormData(form).entries());
+}
+
+const login = document.getElementById("login-form");
+if (login) {
+  login.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const { email, password } = values(login);
+    if (!email || !password) {
+      showError(login, "Enter your email and password.");
+      return;
+    }
+    showError(login, "");
+    try {
+      await busy(login.querySelector("[type=submit]"), "Signing in…", () =>
+        api("/api/auth/login", { method: "POST", json: { email, password } }),
+      );
+      location.assign(safeNext(login.dataset.next));
+    } catch (error) {
+      showError(login, error.status === 401 ? "The email or password is wrong. Check them and try again." : error.detail);
+    }
+  });
+}
+
+const register = document.getElementById("register-form");
+if (register) {
+  register.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const { name, email, password } = values(register);
+    if (!name || !email || !password) {
+      showError(register, "Fill in your name, email and a password.");
+      return;
+    }
+    if (password.length < 8) {
+      showError(register, "Choose a password of at least 8 characters.");
+      return;
+    }
+    showError(register, "");
+    try {
+      await busy(register.querySelector("[type=submit]"), "Creating your account…", () =>
+        api("/api/auth/register", { method: "POST", json: { name, email, password } }),
+      );
+      // Next stop: the selfie, then back to where the person was going.
+      const next = safeNext(register.dataset.next);
+      location.assign(next.startsWith("/selfie") ? next : "/selfie?next=" + encodeURIComponent(next));
+    } catch (error) {
+      showError(register, error.detail);
+    }
+  });
+}

@@ -1,0 +1,251 @@
+// The photo grid of "My photos" and the gallery: paged as you scroll, live (SSE) for my photos,
+// a full-size viewer, downloads, and "not me".
+import { api, el, handleSignedOut, plural, toast } from "./common.js";
+
+// ?limit= on the page's address sets the page size (1-200), e.g. for slow connections.
+const PAGE = Math.min(200, Math.max(1, Number(new URLSearchParams(location.search).get("limit")) || 30));
+const grid = document.getElementById("photos");
+
+if (grid) {
+  const mode = grid.dataset.mode;
+  const eventId = grid.dataset.eventId;
+  const sentinel = document.getElementById("sentinel");
+  const empty = document.getElementById("empty");
+  const count = document.getElementById("count");
+  const zip = document.getElementById("zip");
+  const live = document.getElementById("live");
+  const viewer = document.getElementById("viewer");
+
+  const items = new Map(); // photo id -> item, for the tiles on the page
+  let cursor = null;
+  let exhausted = false;
+  let loading = false;
+  let highest = 0; // the highest photo id loaded by paging
+  const waiting = new Map(); // live photos beyond what paging reached, kept until it does
+
+  function updateCounts() {
+    const total = items.size;
+    count.textContent = exhausted || total ? plural(total, "photo") : "";
+    empty.hidden = !(exhausted && total === 0);
+    if (zip) zip.hidden = total === 0;
+    sentinel.textContent = !exhausted && total ? "Loading more photos…" : "";
+  }
+
+  function tileFor(item) {
+    const image = el("img", {
+      src: item.thumb_url,
+      alt: item.filename,
+      loading: "lazy",
+      decoding: "async",
+      width: "240",
+      height: "240",
+    });
+    const open = el("button", { class: "tile-open", type: "button", "aria-label": `Open ${item.filename}` }, image);
+    open.addEventListener("click", () => openViewer(item.id));
+    const tile = el("figure", { class: "tile", "data-photo-id": String(item.id), "data-filename": item.filename }, open);
+    if (mode === "mine") {
+      const notMe = el("button", { class: "tile-notme", type: "button", text: "Not me", title: "This is not me: remove it" });
+      notMe.addEventListener("click", () => confirmNotMe(tile, item));
+      tile.append(notMe);
+    }
+    return tile;
+  }
+
+  function addItem(item, { live: isLive = false } = {}) {
+    if (items.has(item.id)) return;
+    // A live photo beyond what paging reached waits, so the grid stays in order.
+    if (isLive && !exhausted && item.id > highest) {
+      waiting.set(item.id, item);
+      return;
+    }
+    items.set(item.id, item);
+    const tile = tileFor(item);
+    if (isLive) tile.classList.add("new");
+    const after = [...grid.children].find((node) => Number(node.dataset.photoId) > item.id);
+    grid.insertBefore(tile, after || null);
+  }
+
+  function removeItem(photoId) {
+    items.delete(photoId);
+    const tile = grid.querySelector(`[data-photo-id="${photoId}"]`);
+    if (tile) {
+      tile.classList.add("leaving");
+      setTimeout(() => tile.remove(), 250);
+    }
+    updateCounts();
+  }
+
+  async function loadMore() {
+    if (loading || exhausted) return;
+    loading = true;
+    const params = new URLSearchParams({ limit: String(PAGE) });
+    if (eventId) params.set("event_id", eventId);
+    if (cursor) params.set("cursor", cursor);
+    try {
+      const page = await api(`${grid.dataset.source}?${params}`);
+      for (const item of page.items) {
+        highest = Math.max(highest, item.id);
+        addItem(item);
+      }
+      cursor = page.next_cursor;
+      exhausted = !cursor;
+      for (const [id, item] of waiting) {
+        if (exhausted || id <= highest) {
+          waiting.delete(id);
+          addItem(item, { live: true });
+        }
+      }
+    } catch (error) {
+      if (handleSignedOut(error)) return;
+      sentinel.textContent = "";
+      toast(error.detail, "error");
+      loading = false;
+      return;
+    }
+    loading = false;
+    updateCounts();
+    if (!exhausted) {
+      // Re-observe: if the sentinel is still on screen, this fires again at once.
+      observer.unobserve(sentinel);
+      observer.observe(sentinel);
+    }
+  }
+
+  const observer = new IntersectionObserver(
+    (entries) => {
+      if (entries.some((entry) => entry.isIntersecting)) loadMore();
+    },
+    { rootMargin: "800px 0px" },
+  );
+  observer.observe(sentinel);
+
+  // Live: the server pushes each new match; EventSource resumes with Last-Event-ID by itself.
+  function setLive(state, text) {
+    if (!live) return;
+    live.dataset.state = state;
+    live.textContent = text;
+  }
+
+  if (grid.dataset.stream) {
+    const stream = new EventSource(grid.dataset.stream);
+    stream.addEventListener("ready", () => setLive("live", "Live"));
+    stream.addEventListener("open", () => setLive("live", "Live"));
+    stream.addEventListener("message", (message) => {
+      const item = JSON.parse(message.data);
+      const before = items.size;
+      addItem(item, { live: true });
+      if (items.size > before) updateCounts();
+    });
+    stream.addEventListener("error", () => {
+      if (stream.readyState === EventSource.CLOSED) {
+        setLive("off", "Live updates stopped — reload the page");
+      } else {
+        setLive("retry", "Reconnecting…");
+      }
+    });
+    window.addEventListener("pagehide", () => stream.close());
+  }
+
+  // "Not me": a confirmation on the tile, then the photo leaves my photos for good.
+  function confirmNotMe(tile, item) {
+    if (tile.querySelector(".tile-confirm")) return;
+    const keep = el("button", { class: "btn btn-sm", type: "button", text: "Keep" });
+    const remove = el("button", { class: "btn btn-sm btn-danger", type: "button", text: "Remove" });
+    const panel = el(
+      "div",
+      { class: "tile-confirm", role: "group", "aria-label": "Not me?" },
+      el("span", { text: "Not you? Remove it from your photos." }),
+      el("div", { class: "btn-row" }, remove, keep),
+    );
+    keep.addEventListener("click", () => panel.remove());
+    remove.addEventListener("click", () => notMe(item.id, remove));
+    tile.append(panel);
+    remove.focus();
+  }
+
+  async function notMe(photoId, button) {
+    if (button) button.disabled = true;
+    try {
+      await api(`/api/photo/${photoId}/not-me`, { method: "POST" });
+    } catch (error) {
+      if (handleSignedOut(error)) return;
+      if (button) button.disabled = false;
+      toast(error.detail, "error");
+      return;
+    }
+    removeItem(photoId);
+    toast("Removed. This photo will not be matched to you again.");
+  }
+
+  // The full-size viewer.
+  let current = null;
+  const image = viewer.querySelector("[data-image]");
+  const name = viewer.querySelector("[data-name]");
+  const download = viewer.querySelector("[data-download]");
+  const viewerNotMe = viewer.querySelector("[data-notme]");
+  const prev = viewer.querySelector("[data-prev]");
+  const next = viewer.querySelector("[data-next]");
+
+  function ordered() {
+    return [...grid.children].map((node) => Number(node.dataset.photoId)).filter((id) => items.has(id));
+  }
+
+  function openViewer(photoId) {
+    const item = items.get(photoId);
+    if (!item) return;
+    current = photoId;
+    image.src = item.image_url;
+    image.alt = item.filename;
+    name.textContent = item.filename;
+    download.href = `${item.image_url}?download=1`;
+    download.setAttribute("download", item.filename);
+    const ids = ordered();
+    const index = ids.indexOf(photoId);
+    prev.hidden = index <= 0;
+    next.hidden = index === ids.length - 1;
+    if (!viewer.open) viewer.showModal();
+  }
+
+  function step(delta) {
+    const ids = ordered();
+    const index = ids.indexOf(current);
+    const target = ids[index + delta];
+    if (target !== undefined) openViewer(target);
+  }
+
+  viewer.querySelector("[data-close]").addEventListener("click", () => viewer.close());
+  prev.addEventListener("click", () => step(-1));
+  next.addEventListener("click", () => step(1));
+  viewer.addEventListener("close", () => {
+    image.removeAttribute("src");
+    current = null;
+  });
+  viewer.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowLeft") step(-1);
+    if (event.key === "ArrowRight") step(1);
+  });
+  let touchX = null;
+  viewer.addEventListener("touchstart", (event) => {
+    touchX = event.touches[0].clientX;
+  }, { passive: true });
+  viewer.addEventListener("touchend", (event) => {
+    if (touchX === null) return;
+    const dx = event.changedTouches[0].clientX - touchX;
+    touchX = null;
+    if (Math.abs(dx) > 50) step(dx < 0 ? 1 : -1);
+  });
+  if (viewerNotMe) {
+    viewerNotMe.addEventListener("click", async () => {
+      const photoId = current;
+      const ids = ordered();
+      const following = ids[ids.indexOf(photoId) + 1] ?? ids[ids.indexOf(photoId) - 1];
+      await notMe(photoId, viewerNotMe);
+      viewerNotMe.disabled = false;
+      if (following !== undefined && items.has(following)) openViewer(following);
+      else viewer.close();
+    });
+  }
+
+  updateCounts();
+  loadMore();
+}

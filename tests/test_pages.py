@@ -1,0 +1,472 @@
+"""The web pages in a real Chromium, against the real server with its workers running."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import uuid
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    ConsoleMessage,
+    Page,
+    async_playwright,
+    expect,
+)
+from sqlalchemy import select
+
+from findme.db import Database, Job, JobKind, JobStatus, Photo, Role, utcnow
+from findme.routes.accounts import create_user
+from tests.conftest import PASSWORD, serve
+from tests.shared_faces import faces_dir, manifest
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PHONE: dict[str, Any] = {
+    "viewport": {"width": 390, "height": 844},
+    "device_scale_factor": 2,
+    "is_mobile": True,
+    "has_touch": True,
+}
+DESKTOP: dict[str, Any] = {"viewport": {"width": 1366, "height": 900}}
+SIZES = {"phone": PHONE, "desktop": DESKTOP}
+# Face recognition runs in niced processes: on a busy machine it can take a while.
+SLOW_MS = 150_000
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    expect.set_options(timeout=15_000)
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+class Contexts:
+    """Browser contexts (one per person and screen size) that record the pages' JS errors."""
+
+    def __init__(self, browser: Browser) -> None:
+        self.browser = browser
+        self.opened: list[BrowserContext] = []
+        self.errors: list[str] = []
+
+    async def __call__(
+        self, base_url: str, size: str = "desktop", **options: Any
+    ) -> BrowserContext:
+        context = await self.browser.new_context(base_url=base_url, **SIZES[size], **options)
+        context.set_default_timeout(15_000)
+        context.on("page", self._watch)
+        self.opened.append(context)
+        return context
+
+    def _watch(self, page: Page) -> None:
+        page.on("pageerror", lambda error: self.errors.append(f"{page.url}: {error}"))
+        page.on("console", lambda message: self._console(page, message))
+
+    def _console(self, page: Page, message: ConsoleMessage) -> None:
+        # Error pages answer 403/404 on purpose; anything else (a script error, a blocked
+        # resource or inline code refused by the Content-Security-Policy) is a bug.
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            self.errors.append(f"{page.url}: {message.text}")
+
+    def assert_no_errors(self) -> None:
+        assert not self.errors, self.errors
+
+    async def close(self) -> None:
+        for context in self.opened:
+            await context.close()
+
+
+@pytest.fixture
+async def contexts(browser: Browser) -> AsyncIterator[Contexts]:
+    opened = Contexts(browser)
+    yield opened
+    await opened.close()
+
+
+async def add_account(settings, role: Role, name: str) -> str:
+    """Photographers and admins are made by an admin (here: directly in the database)."""
+    email = f"{role.value}-{uuid.uuid4().hex[:6]}@example.com"
+    db = Database(settings)
+    try:
+        async with db.transaction() as session:
+            await create_user(session, email=email, password=PASSWORD, name=name, role=role)
+    finally:
+        await db.aclose()
+    return email
+
+
+async def add_failed_job(settings, *, filename: str, error: str) -> int:
+    """A job that failed all its attempts, as the admin page lists them."""
+    db = Database(settings)
+    try:
+        async with db.transaction() as session:
+            photo = await session.scalar(select(Photo).where(Photo.filename == filename))
+            assert photo is not None
+            job = Job(
+                kind=JobKind.process_photo,
+                status=JobStatus.failed,
+                photo_id=photo.id,
+                event_id=photo.event_id,
+                attempts=3,
+                error=error,
+                finished_at=utcnow(),
+            )
+            session.add(job)
+            await session.flush()
+            return job.id
+    finally:
+        await db.aclose()
+
+
+async def sign_in(page: Page, email: str) -> None:
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+
+
+async def sign_up(page: Page, name: str, email: str) -> None:
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Create account").click()
+
+
+async def shot(page: Page, name: str, size: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.evaluate("window.scrollTo(0, 0)")
+    await page.screenshot(path=ARTIFACTS / f"{name}-{size}.png", full_page=True)
+
+
+async def tile_names(page: Page) -> list[str]:
+    names: list[str] = await page.locator("#photos .tile").evaluate_all(
+        "tiles => tiles.map(tile => tile.dataset.filename)"
+    )
+    return names
+
+
+def a_photo_without_a_face(folder: Path) -> Path:
+    path = folder / "wall.jpg"
+    image = Image.radial_gradient("L").resize((640, 480)).convert("RGB")
+    image.save(path, "JPEG")
+    return path
+
+
+@pytest.mark.timeout(600)
+async def test_photographer_uploads_and_attendees_see_their_photos_live(
+    settings, contexts, tmp_path
+) -> None:
+    data = manifest()
+    faces = faces_dir()
+    live_settings = dataclasses.replace(settings, run_workers=True, engine_processes=2)
+    async with serve(live_settings) as base:
+        photographer_email = await add_account(settings, Role.photographer, "Pat Lens")
+        admin_email = await add_account(settings, Role.admin, "Ada Admin")
+
+        # The photographer signs in and creates the event.
+        photographer = await (await contexts(base, "desktop")).new_page()
+        await photographer.goto("/login")
+        await sign_in(photographer, photographer_email)
+        await expect(photographer.get_by_role("heading", name="Your events")).to_be_visible()
+        await photographer.get_by_label("Event name").fill("Summer gala")
+        await photographer.get_by_label("Date (optional)").fill("2026-06-30")
+        await photographer.get_by_role("button", name="Create event").click()
+        await expect(photographer).to_have_url(re.compile(r"/events/\d+$"))
+        event_id = int(photographer.url.rsplit("/", 1)[1])
+        code = (await photographer.get_by_test_id("event-code").inner_text()).strip()
+        join_url = await photographer.get_by_test_id("join-url").input_value()
+        assert join_url == f"{base}/join/{code}"
+        qr = photographer.locator("img.qr")
+        assert await qr.evaluate("img => img.complete && img.naturalWidth > 0")
+
+        # Two attendees arrive by the QR link: sign up, selfie, join, and open "My photos".
+        attendees: dict[str, Page] = {}
+        for person, size in (("obama", "phone"), ("biden", "desktop")):
+            page = await (await contexts(base, size)).new_page()
+            await page.goto(join_url)
+            await expect(page).to_have_url(re.compile(r"/login\?next="))
+            await page.get_by_role("link", name="Create an account").click()
+            await sign_up(page, person.title(), f"{person}-{uuid.uuid4().hex[:6]}@example.com")
+            await expect(page).to_have_url(re.compile(r"/selfie\?next="))
+            await page.locator("#file").set_input_files(faces / data["selfies"][person])
+            await page.get_by_label("I agree").check()
+            await page.get_by_role("button", name="Save my selfie").click()
+            await expect(page).to_have_url(f"{base}/join/{code}", timeout=SLOW_MS)
+            await shot(page, "join", size)
+            await page.get_by_role("button", name="Join Summer gala").click()
+            await expect(page).to_have_url(f"{base}/my-photos?event_id={event_id}")
+            await expect(page.locator("#live")).to_have_text("Live")
+            await expect(page.get_by_text("No photos of you yet")).to_be_visible()
+            await page.evaluate("window.__notReloaded = true")
+            attendees[person] = page
+
+        # The photographer uploads the 15 photos through the upload page.
+        event_files = sorted((faces / "event").iterdir())
+        await photographer.locator("#files").set_input_files(event_files)
+        await expect(photographer.locator("#upload-summary")).to_have_text(
+            "Upload finished: 15 files", timeout=SLOW_MS
+        )
+        await expect(photographer.locator('[data-tally="created"]')).to_have_text("15 added")
+        await shot(photographer, "event-uploading", "desktop")
+        await expect(photographer.locator("#progress-badge")).to_have_text(
+            "Complete", timeout=SLOW_MS
+        )
+
+        # Each attendee's page filled up by itself, with exactly their photos.
+        for person, page in attendees.items():
+            expected = data["expected_my_photos"][person]
+            await expect(page.locator("#photos .tile")).to_have_count(len(expected))
+            assert sorted(await tile_names(page)) == sorted(expected)
+            assert await page.evaluate("window.__notReloaded === true")
+            await expect(page.get_by_test_id("photo-count")).to_have_text(f"{len(expected)} photos")
+
+        # Obama (on the phone) opens one full-size, downloads it, and removes one: not me.
+        obama = attendees["obama"]
+        await obama.locator('#photos .tile[data-filename="e01.jpg"] .tile-open').click()
+        viewer = obama.locator("#viewer")
+        await expect(viewer).to_be_visible()
+        await expect(viewer.locator("[data-image]")).to_have_js_property("complete", True)
+        assert await viewer.locator("[data-image]").evaluate("img => img.naturalWidth") > 0
+        async with obama.expect_download() as single:
+            await viewer.get_by_role("link", name="Download").click()
+        assert (await single.value).suggested_filename == "e01.jpg"
+        await viewer.get_by_role("button", name="Close").click()
+
+        removed = obama.locator('#photos .tile[data-filename="e13.jpg"]')
+        await removed.get_by_role("button", name="Not me").click()
+        await removed.get_by_role("button", name="Remove").click()
+        await expect(removed).to_have_count(0)
+        kept = sorted(set(data["expected_my_photos"]["obama"]) - {"e13.jpg"})
+        assert sorted(await tile_names(obama)) == kept
+        await obama.reload()
+        await expect(obama.locator("#photos .tile")).to_have_count(len(kept))
+
+        # The zip of all my photos, downloaded by the browser from the page's button.
+        async with obama.expect_download() as bundle:
+            await obama.get_by_role("link", name="Download all (zip)").click()
+        path = tmp_path / "mine.zip"
+        await (await bundle.value).save_as(path)
+        with zipfile.ZipFile(path) as archive:
+            assert sorted(archive.namelist()) == kept
+            original = (faces / "event" / "e01.jpg").read_bytes()
+            assert archive.read("e01.jpg") == original
+
+        # The gallery pages through all 15 photos as you scroll (6 per page here).
+        biden = attendees["biden"]
+        await biden.goto(f"/gallery?event_id={event_id}&limit=6")
+        for _ in range(10):
+            if await biden.locator("#photos .tile").count() == 15:
+                break
+            await biden.mouse.wheel(0, 4000)
+            await biden.wait_for_timeout(200)
+        await expect(biden.locator("#photos .tile")).to_have_count(15)
+        lazy = await biden.locator("#photos img").evaluate_all("i => i.map(x => x.loading)")
+        assert set(lazy) == {"lazy"}
+
+        # The admin sees the work done, clears the caches, and retries a failed job.
+        failed = await add_failed_job(
+            live_settings, filename="e07.jpg", error="RecognitionError: the engine crashed"
+        )
+        admin = await (await contexts(base, "desktop")).new_page()
+        await admin.goto("/admin")
+        await sign_in(admin, admin_email)
+        await expect(admin).to_have_url(f"{base}/admin")
+        await expect(admin.get_by_test_id("processed")).to_have_text(re.compile(r"^\d+$"))
+        assert int(await admin.get_by_test_id("processed").inner_text()) >= 15
+        await expect(admin.locator('[data-cache="my_photos"]')).to_be_visible()
+        await admin.get_by_role("button", name="Clear caches").click()
+        await expect(admin.locator("#toast")).to_contain_text("Caches cleared")
+        job = admin.locator(f'[data-job-id="{failed}"]')
+        await expect(job).to_contain_text("the engine crashed")
+        await shot(admin, "admin-failed-job", "desktop")
+        await job.get_by_role("button", name="Retry").click()
+        await expect(admin.locator("#toast")).to_contain_text(f"Job {failed} is queued again")
+        await expect(job).to_have_count(0)
+        await add_failed_job(live_settings, filename="e08.png", error="TimeoutError: 300 s")
+
+        # Every page at both sizes, for a person to look at.
+        await screenshot_every_page(
+            contexts,
+            base,
+            event_id=event_id,
+            code=code,
+            pages={"photographer": photographer, "obama": obama, "admin": admin},
+            folder=tmp_path,
+        )
+        contexts.assert_no_errors()
+        # The server then stops with live streams still open in the browser.
+
+
+async def screenshot_every_page(
+    contexts, base: str, *, event_id: int, code: str, pages, folder: Path
+) -> None:
+    not_a_photo = folder / "notes.txt"
+    not_a_photo.write_text("not a photo")
+    again = [faces_dir() / "event" / "e01.jpg", faces_dir() / "event" / "e02.jpg", not_a_photo]
+    visits = {
+        "photographer": [("home-photographer", "/"), ("event", f"/events/{event_id}")],
+        "obama": [
+            ("my-photos", f"/my-photos?event_id={event_id}"),
+            ("gallery", f"/gallery?event_id={event_id}"),
+            ("join-joined", f"/join/{code}"),
+            ("selfie", "/selfie"),
+            ("account", "/account"),
+            ("home-attendee", "/"),
+            ("forbidden", "/admin"),
+        ],
+        "admin": [("admin", "/admin")],
+        None: [("home", "/"), ("login", "/login"), ("register", "/register"), ("not-found", "/x")],
+    }
+    for who, targets in visits.items():
+        state = await pages[who].context.storage_state() if who else None
+        for size in SIZES:
+            page = await (await contexts(base, size, storage_state=state)).new_page()
+            for name, target in targets:
+                await page.goto(target)
+                if name in {"my-photos", "gallery"}:
+                    await expect(page.locator("#photos .tile").first).to_be_visible()
+                    await page.wait_for_load_state("networkidle")
+                if name == "admin":
+                    await expect(page.get_by_test_id("processed")).to_have_text(
+                        re.compile(r"^\d+$")
+                    )
+                await shot(page, name, size)
+            if who == "photographer":
+                # The upload list: already uploaded photos, and a file that is no photo.
+                await page.goto(f"/events/{event_id}")
+                await page.locator("#files").set_input_files(again)
+                await expect(page.locator('[data-tally="rejected"]')).to_have_text("1 rejected")
+                await expect(page.locator('[data-tally="duplicate"]')).to_have_text(
+                    "2 already uploaded"
+                )
+                await shot(page, "event-upload-results", size)
+            if who == "obama":
+                await page.goto(f"/my-photos?event_id={event_id}")
+                await page.locator("#photos .tile .tile-open").first.click()
+                await expect(page.locator("#viewer [data-image]")).to_have_js_property(
+                    "complete", True
+                )
+                await shot(page, "viewer", size)
+            await page.context.close()
+
+
+@pytest.mark.timeout(400)
+async def test_selfie_page_explains_no_face_and_several_faces(server, contexts, tmp_path) -> None:
+    page = await (await contexts(server.url, "phone")).new_page()
+    await page.goto("/register?next=/my-photos")
+    await sign_up(page, "Lin", f"lin-{uuid.uuid4().hex[:6]}@example.com")
+    await expect(page).to_have_url(re.compile(r"/selfie\?next=%2Fmy-photos"))
+    assert await page.locator("#camera").get_attribute("capture") == "user"
+    assert await page.locator("#camera").get_attribute("accept") == "image/*"
+    await expect(page.locator(".consent")).to_contain_text("biometric data")
+    await expect(page.locator(".consent")).to_contain_text("Erase my data")
+
+    error = page.locator("#selfie-form [data-error]")
+    await page.locator("#file").set_input_files(a_photo_without_a_face(tmp_path))
+    await page.get_by_role("button", name="Save my selfie").click()
+    await expect(error).to_contain_text("Tick the box")
+    await page.get_by_label("I agree").check()
+    await page.get_by_role("button", name="Save my selfie").click()
+    await expect(error).to_contain_text("could not find a face", timeout=SLOW_MS)
+    await expect(error).to_contain_text("good light")
+    await shot(page, "selfie-no-face", "phone")
+
+    await page.locator("#file").set_input_files(faces_dir() / "event" / "e12.jpg")
+    await page.get_by_role("button", name="Save my selfie").click()
+    await expect(error).to_contain_text("several faces", timeout=SLOW_MS)
+    await expect(page).to_have_url(re.compile(r"/selfie"))
+    contexts.assert_no_errors()
+
+
+async def test_sign_in_comes_back_and_account_pages(
+    server, contexts, make_user, make_event
+) -> None:
+    email = f"ada-{uuid.uuid4().hex[:6]}@example.com"
+    page = await (await contexts(server.url, "desktop")).new_page()
+    await page.goto("/register")
+    await sign_up(page, "Ada", email)
+    await expect(page).to_have_url(re.compile(r"/selfie"))
+
+    # Without a selfie, the join link leads to the selfie page first, and back.
+    event = await make_event(await make_user("photographer"), name="Book fair")
+    await page.goto(f"/join/{event['code']}")
+    await shot(page, "join-needs-selfie", "desktop")
+    await page.get_by_test_id("take-selfie").click()
+    await expect(page).to_have_url(re.compile(rf"/selfie\?next=/join/{event['code']}$"))
+    await page.get_by_role("link", name="Not now").click()
+    await expect(page).to_have_url(f"{server.url}/join/{event['code']}")
+
+    await page.goto("/account")
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(f"{server.url}/")
+
+    # Signed out, "My photos" leads to sign-in, and sign-in leads back.
+    await page.goto("/my-photos")
+    await expect(page).to_have_url(f"{server.url}/login?next=/my-photos")
+    await page.get_by_label("Password").fill("wrong password")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#login-form [data-error]")).to_contain_text("wrong")
+    await sign_in(page, email)
+    await expect(page).to_have_url(f"{server.url}/my-photos")
+    await expect(page.get_by_role("heading", name="Join an event first")).to_be_visible()
+
+    # Pages for other roles say so; unknown pages too; nothing leaks a stack trace.
+    await page.goto("/admin")
+    await expect(
+        page.get_by_role("heading", name="This page is not for your account")
+    ).to_be_visible()
+    await expect(page.get_by_test_id("error-detail")).to_contain_text("admin")
+    await page.goto("/events/424242")
+    await expect(page.get_by_test_id("error-detail")).to_contain_text("no event")
+    await page.goto("/join/NOSUCHCODE")
+    await expect(page.get_by_test_id("error-detail")).to_contain_text("No event has this code")
+
+    # Only same-site "next" values are followed after signing in.
+    await page.goto("/account")
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(f"{server.url}/")
+    for target in ("https://evil.example/", "//evil.example/", "/\\evil.example"):
+        await page.goto(f"/login?next={target}")
+        await sign_in(page, email)
+        await expect(page).to_have_url(f"{server.url}/")
+        await page.goto("/account")
+        await page.get_by_role("button", name="Sign out").click()
+        await expect(page).to_have_url(f"{server.url}/")
+
+    # Erasing my data takes a confirmation, then the account is gone.
+    await page.goto("/login?next=/account")
+    await sign_in(page, email)
+    await page.get_by_role("button", name="Erase my data…").click()
+    await page.get_by_role("button", name="Erase everything now").click()
+    await expect(page.locator("#erase-confirm [data-error]")).to_contain_text("Tick the box")
+    await shot(page, "account-erase", "desktop")
+    await page.get_by_label("I understand").check()
+    await page.get_by_role("button", name="Erase everything now").click()
+    await expect(page).to_have_url(f"{server.url}/?erased=1")
+    await expect(page.get_by_text("Your account and all its data are erased.")).to_be_visible()
+    await page.goto("/login")
+    await sign_in(page, email)
+    await expect(page.locator("#login-form [data-error]")).to_be_visible()
+    assert "Traceback" not in await page.content()
+    contexts.assert_no_errors()
