@@ -11,12 +11,16 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
+import numpy as np
+from PIL import Image, ImageOps
+
+from tests.shared_faces import faces_dir, manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
@@ -130,6 +134,7 @@ async def sign_up(url: str, name: str) -> httpx.AsyncClient:
 
 
 def photographer(srv: Server) -> str:
+    """A photographer account made with `findme create-user`; returns its email."""
     email = f"photographer-{uuid.uuid4().hex[:6]}@example.com"
     srv.findme(
         "create-user",
@@ -145,20 +150,37 @@ def photographer(srv: Server) -> str:
     return email
 
 
-def admin(srv: Server) -> str:
-    email = f"admin-{uuid.uuid4().hex[:6]}@example.com"
-    srv.findme(
-        "create-user",
-        "--email",
-        email,
-        "--password",
-        PASSWORD,
-        "--name",
-        "Admin",
-        "--role",
-        "admin",
-    )
-    return email
+def derived_photos(
+    kind: str, count: int, make: Callable[[Image.Image, int], Image.Image], *, quality: int
+) -> list[Path]:
+    """`count` JPEGs made from the shared event photos in turn, cached in bench/.cache/<kind>.
+
+    Names are `<index>-<shared photo>.jpg`, so a result can be traced to who is in it.
+    """
+    folder = CACHE / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(manifest()["event"])
+    paths = []
+    for index in range(count):
+        base = names[index % len(names)]
+        path = folder / f"{index:04d}-{Path(base).stem}.jpg"
+        if not path.exists():
+            shared = Image.open(faces_dir() / "event" / base)
+            upright = ImageOps.exif_transpose(shared).convert("RGB")
+            make(upright, index).save(path, "JPEG", quality=quality)
+        paths.append(path)
+    return paths
+
+
+def grainy(size: tuple[int, int], sigma: float) -> Callable[[Image.Image, int], Image.Image]:
+    """Scaled to fill `size`, with sensor-like grain of its own so no two share bytes."""
+
+    def make(image: Image.Image, index: int) -> Image.Image:
+        pixels = np.asarray(ImageOps.fit(image, size, Image.Resampling.BICUBIC), dtype=np.int16)
+        grain = np.random.default_rng(index).normal(0, sigma, (*pixels.shape[:2], 1))
+        return Image.fromarray(np.clip(pixels + grain.astype(np.int16), 0, 255).astype(np.uint8))
+
+    return make
 
 
 def percentile(values: list[float], fraction: float) -> float:

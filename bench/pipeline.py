@@ -23,66 +23,46 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import CACHE, fresh_database, photographer, server, sign_in, sign_up
+from bench.harness import (
+    CACHE,
+    derived_photos,
+    fresh_database,
+    grainy,
+    photographer,
+    server,
+    sign_in,
+    sign_up,
+)
 from findme.recognition import LocalRecognizer
 from tests.shared_faces import faces_dir, manifest
 
 CAMERA_SIZE = (6000, 4000)
 
 
-def event_photo_names() -> list[str]:
-    return sorted(manifest()["event"])
-
-
 def camera_photos(count: int) -> list[Path]:
-    """24 MP JPEGs of the shared photos, each with its own grain so no two share bytes."""
-    folder = CACHE / "camera"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = event_photo_names()
-    paths = []
-    for index in range(count):
-        base = names[index % len(names)]
-        path = folder / f"{index:04d}-{Path(base).stem}.jpg"
-        if not path.exists():
-            image = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / base)).convert("RGB")
-            image = ImageOps.fit(image, CAMERA_SIZE, Image.Resampling.BICUBIC)
-            pixels = np.asarray(image, dtype=np.int16)
-            grain = np.random.default_rng(index).normal(0, 5, (*pixels.shape[:2], 1))
-            noisy = np.clip(pixels + grain.astype(np.int16), 0, 255).astype(np.uint8)
-            Image.fromarray(noisy).save(path, "JPEG", quality=95)
-            print(f"  made {path.name} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
-        paths.append(path)
-    return paths
+    """24 MP JPEGs of ~8 MB, like a camera's."""
+    return derived_photos("camera", count, grainy(CAMERA_SIZE, 5), quality=95)
 
 
 def small_photos(count: int) -> list[Path]:
     """Web-sized variants of the shared photos (crop, size and exposure vary) for a big event."""
-    folder = CACHE / "small"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = event_photo_names()
-    paths = []
-    for index in range(count):
-        base = names[index % len(names)]
-        path = folder / f"{index:04d}-{Path(base).stem}.jpg"
-        if not path.exists():
-            rng = np.random.default_rng(10_000 + index)
-            image = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / base)).convert("RGB")
-            width, height = image.size
-            keep = rng.uniform(0.9, 1.0)
-            left = int(rng.uniform(0, 1 - keep) * width)
-            top = int(rng.uniform(0, 1 - keep) * height)
-            image = image.crop((left, top, left + int(width * keep), top + int(height * keep)))
-            image.thumbnail((int(rng.uniform(700, 1000)),) * 2)
-            gain = rng.uniform(0.9, 1.1)
-            table = [min(255, int(value * gain)) for value in range(256)]
-            image = image.point(table * 3)
-            image.save(path, "JPEG", quality=88)
-        paths.append(path)
-    return paths
+
+    def vary(image: Image.Image, index: int) -> Image.Image:
+        rng = np.random.default_rng(10_000 + index)
+        width, height = image.size
+        keep = rng.uniform(0.9, 1.0)
+        left = int(rng.uniform(0, 1 - keep) * width)
+        top = int(rng.uniform(0, 1 - keep) * height)
+        image = image.crop((left, top, left + int(width * keep), top + int(height * keep)))
+        image.thumbnail((int(rng.uniform(700, 1000)),) * 2)
+        gain = rng.uniform(0.9, 1.1)
+        return image.point([min(255, int(value * gain)) for value in range(256)] * 3)
+
+    return derived_photos("small", count, vary, quality=88)
 
 
 async def engine_limit(paths: list[Path], processes: int) -> float:

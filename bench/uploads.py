@@ -21,34 +21,24 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.harness import CACHE, Server, fresh_database, photographer, server, sign_in
-from tests.shared_faces import faces_dir, manifest
+from bench.harness import (
+    Server,
+    derived_photos,
+    fresh_database,
+    grainy,
+    photographer,
+    server,
+    sign_in,
+)
 
 SIZE = (3000, 2000)
 
 
 def upload_photos(count: int) -> list[Path]:
-    folder = CACHE / "upload"
-    folder.mkdir(parents=True, exist_ok=True)
-    names = sorted(manifest()["event"])
-    paths = []
-    for index in range(count):
-        base = names[index % len(names)]
-        path = folder / f"{index:04d}-{Path(base).stem}.jpg"
-        if not path.exists():
-            image = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / base)).convert("RGB")
-            image = ImageOps.fit(image, SIZE, Image.Resampling.BICUBIC)
-            pixels = np.asarray(image, dtype=np.int16)
-            grain = np.random.default_rng(index).normal(0, 6, (*pixels.shape[:2], 1))
-            noisy = np.clip(pixels + grain.astype(np.int16), 0, 255).astype(np.uint8)
-            Image.fromarray(noisy).save(path, "JPEG", quality=95)
-        paths.append(path)
-    return paths
+    """6 MP JPEGs of ~2.5 MB."""
+    return derived_photos("upload", count, grainy(SIZE, 6), quality=95)
 
 
 class PeakMemory:

@@ -106,19 +106,20 @@ def _thumbnail(image: Image.Image, size_px: int) -> bytes:
     image.load()
     oriented = ImageOps.exif_transpose(image)
     oriented.thumbnail((size_px, size_px), Image.Resampling.LANCZOS)
-    if oriented.mode != "RGB":
-        oriented = _flatten(oriented)
+    oriented = to_rgb(oriented)
     out = io.BytesIO()
     oriented.save(out, "JPEG", quality=82, optimize=True, progressive=True)
     return out.getvalue()
 
 
-def _flatten(image: Image.Image) -> Image.Image:
-    """RGB on a white background, for photos with transparency."""
-    rgba = image.convert("RGBA")
-    background = Image.new("RGB", rgba.size, "white")
-    background.paste(rgba, mask=rgba.getchannel("A"))
-    return background
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB pixels; transparent areas become white rather than whatever hides under the alpha."""
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, (255, 255, 255))
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        return flat
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _exif_tiff(image: Image.Image) -> bytes | None:

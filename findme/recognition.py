@@ -33,6 +33,7 @@ import pillow_heif
 from PIL import Image, ImageOps
 
 from findme.errors import ConfigurationError
+from findme.images import to_rgb
 from findme.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def _analyse(data: bytes, scan_scale: Callable[[int, int], float]) -> FaceAnalys
         image.load()
         # In place: a copy of a 24 MP photo costs more than the decoding it follows.
         ImageOps.exif_transpose(image, in_place=True)
-        pixels = _to_rgb(image)
+        pixels = to_rgb(image)
     except _DECODE_ERRORS as exc:
         raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
 
@@ -213,16 +214,6 @@ def _oriented_size(image: Image.Image) -> tuple[int, int]:
     if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):
         return image.height, image.width
     return image.size
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        # Transparent areas become white rather than whatever colour hides under the alpha.
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def _scale_box(

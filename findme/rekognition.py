@@ -42,6 +42,7 @@ from findme.db import (
     utcnow,
 )
 from findme.errors import RecognitionError
+from findme.images import to_rgb
 from findme.jobs import ClaimedJob
 from findme.matching import (
     Assignment,
@@ -120,16 +121,7 @@ def prepare_image(data: bytes, *, max_bytes: int = MAX_IMAGE_BYTES) -> CloudImag
             upright = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise RecognitionError(f"The image cannot be read ({error}).") from error
-    return CloudImage(_jpeg_under(_flatten(upright), max_bytes), width, height)
-
-
-def _flatten(image: Image.Image) -> Image.Image:
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        rgba = image.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return CloudImage(_jpeg_under(to_rgb(upright), max_bytes), width, height)
 
 
 def _jpeg_under(image: Image.Image, max_bytes: int) -> bytes:
