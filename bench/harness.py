@@ -173,10 +173,12 @@ def derived_photos(
 
 
 def grainy(size: tuple[int, int], sigma: float) -> Callable[[Image.Image, int], Image.Image]:
-    """Scaled to fill `size`, with sensor-like grain of its own so no two share bytes."""
+    """Scaled to fit `size` whole (bordered, never cropped: every face stays in the picture),
+    with sensor-like grain of its own so no two share bytes."""
 
     def make(image: Image.Image, index: int) -> Image.Image:
-        pixels = np.asarray(ImageOps.fit(image, size, Image.Resampling.BICUBIC), dtype=np.int16)
+        framed = ImageOps.pad(image, size, Image.Resampling.BICUBIC, color=(118, 112, 104))
+        pixels = np.asarray(framed, dtype=np.int16)
         grain = np.random.default_rng(index).normal(0, sigma, (*pixels.shape[:2], 1))
         return Image.fromarray(np.clip(pixels + grain.astype(np.int16), 0, 255).astype(np.uint8))
 

@@ -146,7 +146,7 @@ async def pipeline_run(paths: list[Path], database_url: str) -> dict[str, float]
                     return
 
         upload = asyncio.create_task(
-            upload_all(organiser, event["id"], paths, per_request=4, parallel=2)
+            upload_all(organiser, event["id"], paths, per_request=1, parallel=3)
         )
         while not upload.done():
             await watch_first_match()
@@ -160,7 +160,11 @@ async def pipeline_run(paths: list[Path], database_url: str) -> dict[str, float]
         wrong = 0
         for person, client in attendees.items():
             got = sorted(_base(name) for name in await my_photo_names(client, event["id"]))
-            wrong += got != sorted(base for base in uploaded if person in people_in[base])
+            want = sorted(base for base in uploaded if person in people_in[base])
+            if got != want:
+                wrong += 1
+                missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+                print(f"  {person}: missing {missing}, unexpected {extra}")
         progress = (await organiser.get(f"/api/events/{event['id']}/progress")).json()
         return {
             "photos_per_s": len(paths) / elapsed,

@@ -59,13 +59,14 @@ def prepare_upload(path: Path, *, max_pixels: int, thumbnail_px: int) -> Prepare
     Runs in a worker thread: it decodes the image (at reduced scale where the format allows)
     so a truncated file is caught here rather than in the pipeline.
     """
-    data = bytearray(path.read_bytes())
-    if not data:
+    if path.stat().st_size == 0:
         raise EmptyFile()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            # Decoded from the file, not from a copy in memory: a request's photos being checked
+            # at once must not each hold their bytes twice.
+            image = Image.open(path)
     except UnidentifiedImageError:
         raise UnsupportedMedia(
             "This file is not a photo FindMe can read. Send JPEG, PNG, WebP or HEIC photos."
@@ -86,8 +87,10 @@ def prepare_upload(path: Path, *, max_pixels: int, thumbnail_px: int) -> Prepare
             thumbnail = _thumbnail(image, thumbnail_px)
         except (OSError, SyntaxError, ValueError, struct.error) as error:
             raise CorruptImage() from error
-    if exif_tiff and _blank_gps(data, exif_tiff):
-        path.write_bytes(data)
+    if exif_tiff and _has_gps(exif_tiff):
+        data = bytearray(path.read_bytes())
+        if _blank_gps(data, exif_tiff):
+            path.write_bytes(data)
     return PreparedImage(content_type=content_type, width=width, height=height, thumbnail=thumbnail)
 
 
@@ -127,6 +130,13 @@ def _exif_tiff(image: Image.Image) -> bytes | None:
     if not isinstance(raw, bytes) or len(raw) < 8:
         return None
     return raw[6:] if raw.startswith(b"Exif\x00\x00") else raw
+
+
+def _has_gps(exif_tiff: bytes) -> bool:
+    order = exif_tiff[:2]
+    if order not in (b"II", b"MM"):
+        return False
+    return _ifd0_value(exif_tiff, "<" if order == b"II" else ">", GPS_IFD_TAG) is not None
 
 
 def _blank_gps(data: bytearray, exif_tiff: bytes) -> bool:

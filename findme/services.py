@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aioboto3  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
@@ -43,6 +43,9 @@ class AppState:
     feed: MatchFeed
     limits: RateLimiter
     pipeline: Pipeline | None = None
+    # Photos being written to storage at once, across requests: each holds its bytes in memory
+    # (several copies, through the driver), so this bounds memory whatever the upload load.
+    store_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     # The photo engine when FINDME_RECOGNIZER=rekognition (selfies are still checked locally).
     rekognition: RekognitionRecognizer | None = None
 

@@ -178,10 +178,10 @@ async def _store(
     outcome: dict[str, Any] = {"filename": upload.filename, "error": None, "detail": None}
     existing = await _existing_photo(state, event_id, upload.sha256)
     if existing is None:
-        async with aiofiles.open(upload.path, "rb") as source:
-            original = await source.read()
         try:
-            async with state.db.transaction() as session:
+            async with state.store_slots, state.db.transaction() as session:
+                async with aiofiles.open(upload.path, "rb") as source:
+                    original = await source.read()
                 photo = Photo(
                     event_id=event_id,
                     uploader_id=principal.id,
