@@ -7,6 +7,8 @@ import sys
 
 # Attributes every LogRecord has; anything else came in through `extra=`.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn repeats its message with terminal colour codes: not a field worth a log line.
+_SKIPPED = _STANDARD | {"color_message"}
 
 
 class FieldsFormatter(logging.Formatter):
@@ -17,7 +19,7 @@ class FieldsFormatter(logging.Formatter):
         fields = {
             key: value
             for key, value in vars(record).items()
-            if key not in _STANDARD and value is not None
+            if key not in _SKIPPED and value is not None
         }
         if fields:
             line += " " + " ".join(f"{key}={_quote(value)}" for key, value in fields.items())
