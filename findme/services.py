@@ -20,7 +20,8 @@ from findme.matching import Matcher, purge_expired_faces
 from findme.pipeline import Pipeline
 from findme.ratelimit import RateLimiter
 from findme.recognition import LocalRecognizer
-from findme.rekognition import RekognitionMatcher, RekognitionRecognizer
+from findme.rekognition import RekognitionRecognizer
+from findme.rekognition_jobs import RekognitionMatcher
 from findme.s3 import S3Storage
 from findme.settings import Settings
 from findme.storage import DatabaseStorage, PhotoStorage
