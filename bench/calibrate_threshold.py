@@ -15,12 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from findme.matching import nearest_member
 from findme.recognition import (
     DEFAULT_MATCH_THRESHOLD,
     analyse_photo,
     analyse_selfie,
     descriptor_distance,
-    nearest_member,
 )
 from tests.shared_faces import faces_dir, manifest
 

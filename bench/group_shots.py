@@ -20,13 +20,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from findme.matching import nearest_member
 from findme.recognition import (
     DEFAULT_MATCH_THRESHOLD,
     FaceAnalysis,
     LocalRecognizer,
     analyse_photo,
     analyse_selfie,
-    nearest_member,
     photo_scan_scale,
 )
 from tests.shared_faces import faces_dir, group_shot, manifest

@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -125,6 +125,16 @@ def assign_faces(
         for row, face in enumerate(faces)
         if distances[row, best[row]] < threshold
     )
+
+
+def nearest_member(
+    face: bytes, members: Mapping[int, bytes], *, threshold: float
+) -> tuple[int, float] | None:
+    """The one member a single face matches, by the same rule as `assign_faces`."""
+    chosen = assign_faces([FaceRow(0, 0, face)], dict(members), threshold=threshold)
+    for (_photo, user_id), assignment in chosen.items():
+        return user_id, assignment.distance
+    return None
 
 
 async def lock_events(session: AsyncSession, event_ids: Iterable[int]) -> None:

@@ -19,7 +19,7 @@ import signal
 import struct
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -248,24 +248,6 @@ def descriptor_distance(a: bytes, b: bytes) -> float:
     va = np.frombuffer(a, _DESCRIPTOR_DTYPE).astype(np.float64)
     vb = np.frombuffer(b, _DESCRIPTOR_DTYPE).astype(np.float64)
     return float(np.linalg.norm(va - vb))
-
-
-def nearest_member(
-    face: bytes, members: Mapping[int, bytes], *, threshold: float
-) -> tuple[int, float] | None:
-    """The one member nearest to `face` if closer than `threshold`: a face is never matched to
-    several look-alikes."""
-    if not members:
-        return None
-    ids = list(members)
-    selfies = np.frombuffer(b"".join(members.values()), _DESCRIPTOR_DTYPE).reshape(len(ids), 128)
-    distances = np.linalg.norm(
-        selfies.astype(np.float64) - np.frombuffer(face, _DESCRIPTOR_DTYPE), axis=1
-    )
-    best = int(np.argmin(distances))
-    if distances[best] < threshold:
-        return ids[best], float(distances[best])
-    return None
 
 
 def _init_worker(niceness: int) -> None:

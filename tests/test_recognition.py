@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from findme.matching import nearest_member
 from findme.recognition import (
     DEFAULT_MATCH_THRESHOLD,
     DESCRIPTOR_BYTES,
@@ -21,7 +22,6 @@ from findme.recognition import (
     analyse_photo,
     analyse_selfie,
     descriptor_distance,
-    nearest_member,
     photo_scan_scale,
 )
 from tests.shared_faces import faces_dir, group_shot, manifest
