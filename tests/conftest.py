@@ -89,11 +89,21 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve(settings: Settings, *, port: int | None = None) -> AsyncIterator[str]:
-    """The real app under uvicorn on a local port (a free one by default), in this event loop."""
+async def serve(
+    settings: Settings, *, port: int | None = None, wrap: Callable[[Any], Any] | None = None
+) -> AsyncIterator[str]:
+    """The real app under uvicorn on a local port (a free one by default), in this event loop.
+
+    `wrap` puts test-only ASGI middleware around the app (to count requests, say).
+    """
     port = port or free_port()
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        app if wrap is None else wrap(app),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

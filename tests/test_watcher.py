@@ -20,12 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
-from findme.app import create_app
 from findme.settings import Settings
-from tests.conftest import free_port, with_settings
+from tests.conftest import free_port, serve, with_settings
 from tests.shared_faces import faces_dir
 
 logger = logging.getLogger(__name__)
@@ -60,28 +58,9 @@ def counting(app, counts: Counts):
     return wrapped
 
 
-@contextlib.asynccontextmanager
-async def counted_server(settings: Settings, counts: Counts, *, port: int) -> AsyncIterator[str]:
-    """Like conftest's serve(), with the upload counter around the app."""
-    config = uvicorn.Config(
-        counting(create_app(settings), counts),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            pytest.fail("The server stopped while starting.")
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+def counted_server(settings: Settings, counts: Counts, *, port: int):
+    """conftest's serve(), with the upload counter around the app."""
+    return serve(settings, port=port, wrap=lambda app: counting(app, counts))
 
 
 @dataclass
