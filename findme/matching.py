@@ -7,6 +7,7 @@ threshold, never to several look-alikes. Writing an event's matches is serialise
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import datetime as dt
 import logging
@@ -166,8 +167,34 @@ class EventLocks:
             yield session
 
 
-class Matcher:
-    """The handlers of `process_photo` and `match_member` jobs."""
+class PhotoJobs(abc.ABC):
+    """What the handlers of `process_photo` and `match_member` share, whichever the engine."""
+
+    def __init__(
+        self, *, db: Database, storage: PhotoStorage, on_matches_changed: MatchesChanged
+    ) -> None:
+        self._db = db
+        self._storage = storage
+        self._on_matches_changed = on_matches_changed
+        self._event_writes = EventLocks(db).transaction
+
+    def handlers(self) -> dict[JobKind, Callable[[ClaimedJob], Awaitable[None]]]:
+        return {
+            JobKind.process_photo: self.process_photo,
+            JobKind.match_member: self.match_member,
+        }
+
+    @abc.abstractmethod
+    async def process_photo(self, job: ClaimedJob) -> None:
+        """Find the photo's faces and match them with the event's members."""
+
+    @abc.abstractmethod
+    async def match_member(self, job: ClaimedJob) -> None:
+        """Match a member who joined, or changed selfie, with the event's stored faces."""
+
+
+class Matcher(PhotoJobs):
+    """The local engine's handlers."""
 
     def __init__(
         self,
@@ -178,18 +205,9 @@ class Matcher:
         threshold: float,
         on_matches_changed: MatchesChanged,
     ) -> None:
-        self._db = db
-        self._storage = storage
+        super().__init__(db=db, storage=storage, on_matches_changed=on_matches_changed)
         self._recognizer = recognizer
         self._threshold = threshold
-        self._on_matches_changed = on_matches_changed
-        self._event_writes = EventLocks(db).transaction
-
-    def handlers(self) -> dict[JobKind, Callable[[ClaimedJob], Awaitable[None]]]:
-        return {
-            JobKind.process_photo: self.process_photo,
-            JobKind.match_member: self.match_member,
-        }
 
     async def process_photo(self, job: ClaimedJob) -> None:
         assert job.photo_id is not None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
+from collections.abc import Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,7 +21,6 @@ from findme.db import (
     EventMember,
     Face,
     FaceMatch,
-    JobKind,
     Photo,
     PhotoStatus,
     User,
@@ -31,8 +30,8 @@ from findme.jobs import ClaimedJob
 from findme.matching import (
     Assignment,
     Candidate,
-    EventLocks,
     MatchesChanged,
+    PhotoJobs,
     choose_matches,
     rejections,
     sync_matches,
@@ -61,7 +60,7 @@ class _StoredFace:
     cloud_face_id: str
 
 
-class RekognitionMatcher:
+class RekognitionMatcher(PhotoJobs):
     """The handlers of `process_photo` and `match_member` jobs on Rekognition."""
 
     def __init__(
@@ -72,17 +71,8 @@ class RekognitionMatcher:
         recognizer: RekognitionRecognizer,
         on_matches_changed: MatchesChanged,
     ) -> None:
-        self._db = db
-        self._storage = storage
+        super().__init__(db=db, storage=storage, on_matches_changed=on_matches_changed)
         self._recognizer = recognizer
-        self._on_matches_changed = on_matches_changed
-        self._event_writes = EventLocks(db).transaction
-
-    def handlers(self) -> dict[JobKind, Callable[[ClaimedJob], Awaitable[None]]]:
-        return {
-            JobKind.process_photo: self.process_photo,
-            JobKind.match_member: self.match_member,
-        }
 
     async def process_photo(self, job: ClaimedJob) -> None:
         assert job.photo_id is not None
