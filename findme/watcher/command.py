@@ -18,7 +18,7 @@ from rich.console import Console
 
 from findme.settings import Settings
 from findme.watcher.client import EventClient
-from findme.watcher.display import Display, _plural
+from findme.watcher.display import Display, plural
 from findme.watcher.errors import GaveUp, WatchError
 from findme.watcher.files import MB
 from findme.watcher.loop import FolderWatcher, Outcome
@@ -126,7 +126,7 @@ async def _watch(options: WatchOptions, console: Console) -> Outcome:
                 try:
                     outcome = await watcher.run()
                 finally:
-                    display.refresh(pending=watcher.pending())
+                    display.refresh(watcher.figures(), pending=watcher.pending())
             if not outcome.scanned:
                 display.line("Stopped before the server answered; nothing was sent.")
                 return outcome
@@ -134,12 +134,12 @@ async def _watch(options: WatchOptions, console: Console) -> Outcome:
             display.line(f"{verb}. {display.summary()}", style="bold")
             if outcome.unsent:
                 display.line(
-                    f"{_plural(outcome.unsent, 'photo')} not sent yet; they will be when the "
+                    f"{plural(outcome.unsent, 'photo')} not sent yet; they will be when the "
                     "watcher runs again."
                 )
             if outcome.rejected:
                 display.line(
-                    f"{_plural(outcome.rejected, 'file')} rejected (see above). Fix or remove "
+                    f"{plural(outcome.rejected, 'file')} rejected (see above). Fix or remove "
                     "them; a changed file is sent again.",
                     style="red",
                 )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import deque
 
 from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
 from findme.watcher.files import MB
+from findme.watcher.ledger import Figures
 from findme.watcher.manifest import Answer
 
 STATUS_EVERY_S = 10.0  # plain-text progress line interval
@@ -21,10 +22,9 @@ class Display:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.live = console.is_terminal and not console.is_dumb_terminal
-        self.seen: set[str] = set()
-        self.tally: Counter[str] = Counter()
-        self.sent_bytes = 0
+        self.figures = Figures()
         self.pending = 0
+        self.sent_bytes = 0
         self._title = ""
         self._trouble: str | None = None
         self._trouble_shown_at = 0.0
@@ -36,6 +36,7 @@ class Display:
         self._live: Live | None = None
         self._status_at = time.monotonic()  # the first status line comes after a while
         self._status_shown = ""
+        self._warned: set[str] = set()
 
     def __enter__(self) -> Display:
         if self.live:
@@ -60,6 +61,13 @@ class Display:
             self.console.print(Text.assemble((stamp, "dim"), " ", (text, style)))
         else:
             self.console.print(Text(f"{stamp} {text}"))
+
+    def warn_once(self, message: str, *, key: str | None = None) -> None:
+        """A warning, shown the first time only (per key, or per message if no key is given)."""
+        key = key or message
+        if key not in self._warned:
+            self._warned.add(key)
+            self.line(message, style="yellow")
 
     def outcome(self, relative: str, answer: Answer, *, kind: str) -> None:
         """One file's fate; kind is sent, duplicate, rejected, already or rejected_earlier."""
@@ -117,14 +125,15 @@ class Display:
         return sum(size for _, size in self._recent) / window / MB
 
     def status(self) -> str:
-        tally = self.tally
+        shown = self.figures
         return (
-            f"seen {len(self.seen)} · sent {tally['sent']} · duplicate {tally['duplicate']} · "
-            f"already sent {tally['already']} · rejected {tally['rejected']} · "
+            f"seen {shown.seen} · sent {shown.sent} · duplicate {shown.duplicate} · "
+            f"already sent {shown.already} · rejected {shown.rejected} · "
             f"pending {self.pending} · {self.rate_mb_s():.1f} MB/s"
         )
 
-    def refresh(self, *, pending: int) -> None:
+    def refresh(self, figures: Figures, *, pending: int) -> None:
+        self.figures = figures
         self.pending = pending
         if self._live is not None:
             self._live.update(self._render(), refresh=True)
@@ -142,15 +151,15 @@ class Display:
         if self.sent_bytes:
             busy_s = max(self._busy_s, 0.001)
             moved = (
-                f" {_human_bytes(self.sent_bytes)} in {busy_s:.1f} s of uploading "
+                f" {human_bytes(self.sent_bytes)} in {busy_s:.1f} s of uploading "
                 f"({self.sent_bytes / MB / busy_s:.1f} MB/s)."
             )
-        tally = self.tally
-        parts = [f"{tally['sent']} sent"]
-        parts += [f"{tally['duplicate']} already on the server"] if tally["duplicate"] else []
-        parts += [f"{tally['already']} already sent"] if tally["already"] else []
-        parts += [f"{tally['rejected']} rejected"] if tally["rejected"] else []
-        return f"{_plural(len(self.seen), 'file')} seen: {', '.join(parts)}." + moved
+        shown = self.figures
+        parts = [f"{shown.sent} sent"]
+        parts += [f"{shown.duplicate} already on the server"] if shown.duplicate else []
+        parts += [f"{shown.already} already sent"] if shown.already else []
+        parts += [f"{shown.rejected} rejected"] if shown.rejected else []
+        return f"{plural(shown.seen, 'file')} seen: {', '.join(parts)}." + moved
 
     def _render(self) -> Text:
         text = Text()
@@ -161,9 +170,9 @@ class Display:
         return text
 
 
-def _human_bytes(size: int) -> str:
+def human_bytes(size: int) -> str:
     return f"{size / MB:.1f} MB" if size >= MB else f"{max(size // 1024, 1)} KB"
 
 
-def _plural(count: int, noun: str) -> str:
+def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")

@@ -34,5 +34,5 @@ class RequestRefused(Exception):
         self.detail = detail
 
 
-class _Stopped(Exception):
+class Stopped(Exception):
     """The watcher is stopping; the work in hand is left for the next run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -30,6 +31,14 @@ def is_ignored(relative: PurePosixPath) -> bool:
 def is_candidate(relative: PurePosixPath) -> bool:
     """A photo to send: a supported image extension, neither hidden nor temporary."""
     return not is_ignored(relative) and relative.suffix.lower() in CONTENT_TYPES
+
+
+def relative_path(root: Path, raw: str) -> PurePosixPath | None:
+    """raw's path inside root (empty for root itself); None when it is not inside root."""
+    try:
+        return PurePosixPath(Path(raw).relative_to(root).as_posix())
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,7 @@ class SettleTracker:
     def names(self) -> list[str]:
         return list(self._files)
 
-    def observe(self, observed: dict[str, Signature | None], now: float) -> list[Upload]:
+    def observe(self, observed: Mapping[str, Signature | None], now: float) -> list[Upload]:
         """Take one round of stat results; return the files that have settled (and drop them)."""
         ready: list[Upload] = []
         for relative, signature in observed.items():
@@ -138,7 +147,8 @@ def scan_folder(root: Path, below: str = "") -> ScanResult:
     return ScanResult(files=files, unreadable=unreadable)
 
 
-def _stat_all(root: Path, names: list[str]) -> dict[str, Signature | None]:
+def stat_all(root: Path, names: list[str]) -> dict[str, Signature | None]:
+    """Each file's signature; None for one that is gone or no longer a regular file."""
     found: dict[str, Signature | None] = {}
     for name in names:
         try:
@@ -150,7 +160,7 @@ def _stat_all(root: Path, names: list[str]) -> dict[str, Signature | None]:
     return found
 
 
-def _hash_all(root: Path, uploads: list[Upload]) -> list[Upload | OSError | None]:
+def hash_all(root: Path, uploads: list[Upload]) -> list[Upload | OSError | None]:
     """Each file's SHA-256; None for one that changed (or vanished) while it was read."""
     hashed: list[Upload | OSError | None] = []
     for upload in uploads:
@@ -173,7 +183,7 @@ def _hash_all(root: Path, uploads: list[Upload]) -> list[Upload | OSError | None
     return hashed
 
 
-def _read_all(root: Path, uploads: list[Upload]) -> list[bytes | None]:
+def read_all(root: Path, uploads: list[Upload]) -> list[bytes | None]:
     """The bytes to send; None where the file is gone or no longer has the hash it was sent for."""
     contents: list[bytes | None] = []
     for upload in uploads:

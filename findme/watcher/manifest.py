@@ -9,7 +9,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,25 @@ class Manifest:
         """Write the current state in a worker thread."""
         version, data = self._version, self._dump()
         await asyncio.to_thread(self._write, version, data)
+
+    async def autosave(self, changed: asyncio.Event, *, on_failure: Callable[[str], None]) -> None:
+        """Save after each change, until cancelled; on_failure(reason) once per new failure."""
+        failed = ""
+        while True:
+            await changed.wait()
+            changed.clear()
+            if not self.dirty:
+                continue
+            started = time.monotonic()
+            try:
+                await self.save()
+                failed = ""
+            except OSError as error:
+                if error.strerror != failed:
+                    failed = error.strerror or str(error)
+                    on_failure(failed)
+            # Changes made meanwhile share the next write; a big manifest writes less often.
+            await asyncio.sleep(max(0.2, 5 * (time.monotonic() - started)))
 
     def save_now(self) -> None:
         self._write(self._version, self._dump())

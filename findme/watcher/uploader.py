@@ -1,63 +1,21 @@
-"""Sending: batches, parallel requests and retries."""
+"""Sending: batches and parallel requests, each retried until the server takes it."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import random
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import PurePosixPath
-from typing import Any, TypeVar
+from typing import Any
 
 from findme.watcher.client import EventClient
-from findme.watcher.display import Display, _human_bytes
-from findme.watcher.errors import GaveUp, RequestRefused, ServerTrouble, _Stopped
-from findme.watcher.files import CONTENT_TYPES, Upload, _read_all
+from findme.watcher.display import Display, human_bytes
+from findme.watcher.errors import RequestRefused, Stopped
+from findme.watcher.files import CONTENT_TYPES, Upload, read_all
 from findme.watcher.manifest import Answer
 from findme.watcher.options import WatchOptions
-
-T = TypeVar("T")
-
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 20.0
-
-
-async def with_retries(
-    attempt: Callable[[], Awaitable[T]],
-    *,
-    display: Display,
-    stopping: asyncio.Event,
-    give_up_after_s: float | None,
-) -> T:
-    """attempt(), again while the server has trouble, pausing longer each time (or as told).
-
-    Raises _Stopped when the watcher stops during a pause, and GaveUp after give_up_after_s.
-    """
-    failures = 0
-    first_failure_at = 0.0
-    while True:
-        try:
-            result = await attempt()
-        except ServerTrouble as trouble:
-            now = time.monotonic()
-            first_failure_at = first_failure_at or now
-            if give_up_after_s is not None and now - first_failure_at >= give_up_after_s:
-                raise GaveUp(f"Gave up after {give_up_after_s:.0f} s: {trouble.reason}.") from None
-            delay_s = trouble.retry_after_s
-            if delay_s is None:
-                delay_s = _backoff_s(failures)
-            failures += 1
-            display.trouble(trouble.reason, delay_s)
-            try:
-                await asyncio.wait_for(stopping.wait(), delay_s)
-            except TimeoutError:
-                continue
-            raise _Stopped() from None
-        if failures:
-            display.recovered()
-        return result
+from findme.watcher.retries import with_retries
 
 
 class Uploader:
@@ -136,7 +94,7 @@ class Uploader:
         self._files_sending -= count
         self._slots.release()
         error = None if task.cancelled() else task.exception()
-        if error is not None and not isinstance(error, _Stopped):
+        if error is not None and not isinstance(error, Stopped):
             self._on_failure(error)
 
     async def _next_batch(self) -> list[Upload]:
@@ -155,7 +113,7 @@ class Uploader:
         return batch
 
     async def _send(self, batch: list[Upload]) -> None:
-        contents = await asyncio.to_thread(_read_all, self._options.folder, batch)
+        contents = await asyncio.to_thread(read_all, self._options.folder, batch)
         ready: list[tuple[Upload, bytes]] = []
         for upload, data in zip(batch, contents, strict=True):
             if data is None:
@@ -198,8 +156,8 @@ class Uploader:
                 if refused.status_code == 413 and self._batch_bytes > size_bytes // 2:
                     self._batch_bytes = max(1, size_bytes // 2)
                     self._display.line(
-                        f"! The server refuses requests of {_human_bytes(size_bytes)}; sending "
-                        f"at most {_human_bytes(self._batch_bytes)} per request from now on.",
+                        f"! The server refuses requests of {human_bytes(size_bytes)}; sending "
+                        f"at most {human_bytes(self._batch_bytes)} per request from now on.",
                         style="yellow",
                     )
                 half = len(items) // 2
@@ -209,7 +167,3 @@ class Uploader:
             answers = [Answer(status="rejected", error=refused.error, detail=refused.detail)]
         for (upload, _), answer in zip(items, answers, strict=True):
             self._on_answer(upload, answer)
-
-
-def _backoff_s(failures: int) -> float:
-    return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0**failures) * random.uniform(0.8, 1.2)
