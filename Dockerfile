@@ -19,5 +19,5 @@ RUN pip install --no-cache-dir --no-deps -e .
 
 VOLUME /data
 EXPOSE 8000
-# Migrations run as a prestart step, then the server starts.
-CMD ["sh", "-c", "findme migrate && exec uvicorn findme.app:create_app --factory --host 0.0.0.0 --port 8000 --proxy-headers"]
+# `findme serve` migrates first, then serves with bounded headers and timed-out slow bodies.
+CMD ["findme", "serve"]

@@ -26,11 +26,11 @@ test: install services
 # the first time (test photos are generated and cached in bench/.cache), less afterwards.
 bench: install services
 	@command -v wrk >/dev/null || scripts/apt-install.sh wrk
-	$(VENV)/bin/python bench/lists.py
-	$(VENV)/bin/python bench/uploads.py
-	$(VENV)/bin/python bench/pipeline.py
-	$(VENV)/bin/python bench/group_shots.py
-	$(VENV)/bin/python bench/aws_calls.py
+	$(VENV)/bin/python -m bench.lists
+	$(VENV)/bin/python -m bench.uploads
+	$(VENV)/bin/python -m bench.pipeline
+	$(VENV)/bin/python -m bench.group_shots
+	$(VENV)/bin/python -m bench.aws_calls
 
 lint: install
 	$(VENV)/bin/ruff check findme tests bench alembic

@@ -1,10 +1,10 @@
 """Rekognition calls for one event, counted: 50 members and 100 photos of two faces each.
 
-    .venv/bin/python bench/aws_calls.py [--members 50] [--photos 100] [--workers 8]
+    .venv/bin/python -m bench.aws_calls [--members 50] [--photos 100] [--workers 8]
                                         [--concurrency 10] [--call-ms 20]
 
 The real pipeline (durable jobs, the Rekognition job handlers, a fresh PostgreSQL database) runs
-against Rekognition faked by tests/test_rekognition.py's FakeRekognition: every request and
+against Rekognition faked by tests/fakes/rekognition.py's FakeRekognition: every request and
 answer passes AioStubber, which checks it against the service model, and each call lasts
 `--call-ms`. The members join before the photos arrive, as at a real event. Prints the calls per
 kind and in total next to 1 + U + P + F and the old deployment's 960 for the same event, the peak
@@ -18,7 +18,6 @@ import asyncio
 import hashlib
 import io
 import os
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,15 +25,13 @@ from pathlib import Path
 from PIL import Image
 from sqlalchemy import update
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from bench.harness import free_port, fresh_database
 from findme import jobs
-from findme.cli import migrate
-from findme.db import Event, EventMember, Job, JobStatus, Photo, Role, User
+from findme.db import Event, EventMember, Job, JobStatus, Photo, Role, Selfie, User
+from findme.migrations import migrate
 from findme.services import AppState, build_pipeline, open_services
 from findme.settings import Settings
-from tests.test_rekognition import FakeRekognition, recognizer_for
+from tests.fakes.rekognition import FakeRekognition, client_for, engine_with
 
 # The v14 deployment's Rekognition calls for this event (issue 5): it re-created and re-indexed
 # as its in-memory "already indexed" set raced and restarts forgot it.
@@ -63,19 +60,23 @@ async def event_with_members(state: AppState, fake: FakeRekognition, members: in
         session.add(event)
         await session.flush()
         for index in range(members):
-            selfie = fake.shows(image(10_000 + index), f"person{index}")
             user = User(
                 email=f"member{index}@bench.test",
                 name=f"Member {index}",
                 password_hash="-",
                 role=Role.attendee,
-                selfie=selfie,
-                selfie_descriptor=b"\x00" * 512,
             )
             session.add(user)
             await session.flush()
+            await enrol(session, user.id, fake.shows(image(10_000 + index), f"person{index}"))
             await join(session, event.id, user.id)
         return event.id
+
+
+async def enrol(session, user_id: int, selfie: bytes) -> None:
+    """A selfie as the selfie page stores it (its descriptor unused by the cloud engine)."""
+    session.add(Selfie(user_id=user_id, image=selfie, descriptor=b"\x00" * 512))
+    await session.flush()
 
 
 async def join(session, event_id: int, user_id: int) -> None:
@@ -134,9 +135,8 @@ async def main(args: argparse.Namespace) -> None:
         )
         await asyncio.to_thread(migrate, settings)
         async with open_services(settings, run_workers=False) as state:
-            assert state.rekognition is not None
-            fake = FakeRekognition(state.rekognition.client, delay_s=args.call_ms / 1000)
-            state.rekognition = recognizer_for(fake, settings)
+            fake = FakeRekognition(state.engine.client.aws, delay_s=args.call_ms / 1000)
+            state.engine = engine_with(state, client_for(fake, settings))
             event_id = await event_with_members(state, fake, args.members)
             await add_photos(state, fake, event_id, args)
 
@@ -172,15 +172,11 @@ async def main(args: argparse.Namespace) -> None:
             before = len(fake.calls)
             async with state.db.transaction() as session:
                 late = User(
-                    email="late@bench.test",
-                    name="Late",
-                    password_hash="-",
-                    role=Role.attendee,
-                    selfie=fake.shows(image(99_999), "person0"),
-                    selfie_descriptor=b"\x00" * 512,
+                    email="late@bench.test", name="Late", password_hash="-", role=Role.attendee
                 )
                 session.add(late)
                 await session.flush()
+                await enrol(session, late.id, fake.shows(image(99_999), "person0"))
                 await join(session, event_id, late.id)
             await build_pipeline(state).run_burst()
             late_calls = kinds(fake.calls[before:])

@@ -1,7 +1,7 @@
 """Distances between the selfies and the event faces of the shared set, and what each threshold
 would match: the evidence for DEFAULT_MATCH_THRESHOLD (docs/RECOGNITION.md).
 
-    .venv/bin/python bench/calibrate_threshold.py
+    .venv/bin/python -m bench.calibrate_threshold
 
 Event faces are labelled from manifest.json: in each photo, the people the manifest names take
 their nearest face (one face each), and faces left over are strangers (the third person in
@@ -10,18 +10,13 @@ e13.jpg). Pairs of a selfie and a face of that person are "same", every other pa
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from findme.matching import nearest_member
-from findme.recognition import (
+from findme.engines.local.faces import (
     DEFAULT_MATCH_THRESHOLD,
     analyse_photo,
     analyse_selfie,
     descriptor_distance,
 )
+from findme.engines.matching import nearest_member
 from tests.shared_faces import faces_dir, manifest
 
 MIN_FACE_PX = 120  # the settings default

@@ -1,6 +1,6 @@
 """Time and faces found per photo, for camera-sized group shots at several minimum face sizes.
 
-    .venv/bin/python bench/group_shots.py
+    .venv/bin/python -m bench.group_shots
 
 Group shots are 24 MP JPEGs (quality 90, ~8 MB) of face crops from the shared photos pasted on a
 noisy wall (tests/shared_faces.py: group_shot). The shared web-sized photos come first, for
@@ -12,16 +12,12 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import sys
 import time
 from pathlib import Path
 
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from findme.matching import nearest_member
-from findme.recognition import (
+from findme.engines.local.faces import (
     DEFAULT_MATCH_THRESHOLD,
     FaceAnalysis,
     LocalRecognizer,
@@ -29,6 +25,7 @@ from findme.recognition import (
     analyse_selfie,
     photo_scan_scale,
 )
+from findme.engines.matching import nearest_member
 from tests.shared_faces import faces_dir, group_shot, manifest
 
 MIN_FACE_SIZES = (120, 160, 200)

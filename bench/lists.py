@@ -1,7 +1,7 @@
 """List latency and throughput with wrk, cached and uncached, beside the framework's limit;
 then the same reads during a storm of uploads being processed.
 
-    .venv/bin/python bench/lists.py [--seconds 8]
+    .venv/bin/python -m bench.lists [--seconds 8]
 
 An event of 1,000 processed photos (2,000 faces) and 200 members, each matched to 50 photos, is
 written straight into a fresh PostgreSQL database (the list routes read exactly these rows);
@@ -27,8 +27,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (
     PASSWORD,

@@ -1,6 +1,6 @@
 """Photos in, "my photos" out, timed through the real server against the engine's own limit.
 
-    .venv/bin/python bench/pipeline.py [--photos 100] [--late-event-photos 1000]
+    .venv/bin/python -m bench.pipeline [--photos 100] [--late-event-photos 1000]
 
 1. Makes camera-like photos from the shared set (6000x4000, ~8 MB JPEGs, distinct bytes; cached
    in bench/.cache between runs).
@@ -18,14 +18,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (
     CACHE,
@@ -37,7 +34,7 @@ from bench.harness import (
     sign_in,
     sign_up,
 )
-from findme.recognition import LocalRecognizer
+from findme.engines.local.faces import LocalRecognizer
 from tests.shared_faces import faces_dir, manifest
 
 CAMERA_SIZE = (6000, 4000)

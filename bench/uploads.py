@@ -1,6 +1,6 @@
 """Upload speed against the disk's limit, the server's memory while uploading, and image bytes.
 
-    .venv/bin/python bench/uploads.py [--photos 100]
+    .venv/bin/python -m bench.uploads [--photos 100]
 
 100 photos (~250 MB, 3000x2000 JPEGs with distinct bytes, cached in bench/.cache) are sent to a
 real `findme serve` (workers off: this measures the upload path alone) in one multipart request,
@@ -15,13 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
-import sys
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.harness import (
     Server,

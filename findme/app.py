@@ -13,12 +13,24 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.staticfiles import StaticFiles
 
 from findme.errors import FindMeError
 from findme.metrics import AccessLog, Metrics
-from findme.routes import accounts, admin, events, live, ops, pages, photos, privacy
+from findme.routes import (
+    accounts,
+    admin,
+    downloads,
+    events,
+    images,
+    ops,
+    pages,
+    photos,
+    privacy,
+    stream,
+    uploads,
+)
 from findme.services import open_services
 from findme.settings import Settings
 
@@ -38,7 +50,7 @@ HTTP_CODES = {
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app; nothing is opened until its lifespan starts."""
     settings = settings or Settings.from_environ()
-    metrics = Metrics()
+    metrics = Metrics(scrape_token=settings.metrics_token or None)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -53,10 +65,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *accounts.routes,
         *privacy.routes,
         *events.routes,
+        *uploads.routes,
+        *images.routes,
         *photos.routes,
         *admin.routes,
         *ops.routes,
-        *live.routes,
+        *stream.routes,
+        *downloads.routes,
         *pages.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
@@ -77,16 +92,18 @@ def error_response(code: str, detail: str, status_code: int, **extra: Any) -> JS
     return JSONResponse({"error": code, "detail": detail, **extra}, status_code=status_code)
 
 
-def _wants_page(request: Request) -> bool:
-    """A browser asking for a page (not the API) gets HTML errors; a 401 signs it in."""
-    return not request.url.path.startswith("/api") and "text/html" in request.headers.get(
-        "accept", ""
-    )
+def _wants_page(request: Request, status_code: int = 0) -> bool:
+    """A browser asking for a page (not the API) gets HTML errors; a 401 signs it in, even at
+    an API address opened in the browser (a photo's link), and brings it back there."""
+    html = "text/html" in request.headers.get("accept", "")
+    if status_code == 401 and request.method == "GET":
+        return html
+    return html and not request.url.path.startswith("/api")
 
 
 async def _findme_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FindMeError)
-    if _wants_page(request):
+    if _wants_page(request, exc.status_code):
         response = await pages.error_page(request, status_code=exc.status_code, detail=exc.detail)
     else:
         response = error_response(exc.code, exc.detail, exc.status_code)
@@ -98,9 +115,26 @@ async def _findme_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code, detail = HTTP_CODES.get(exc.status_code, ("error", str(exc.detail)))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request, fallback=headers.get("Allow", ""))
     if _wants_page(request):
-        return await pages.error_page(request, status_code=exc.status_code, detail=detail)
-    return error_response(code, detail, exc.status_code)
+        response = await pages.error_page(request, status_code=exc.status_code, detail=detail)
+    else:
+        response = error_response(code, detail, exc.status_code)
+    response.headers.update(headers)
+    return response
+
+
+def _allowed_methods(request: Request, *, fallback: str) -> str:
+    """Every method the address accepts: Starlette names only those of the first route that
+    matched the path, and one address may have a route per method."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods)) if methods else fallback
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -52,6 +52,8 @@ class Principal:
 
     user: User
     session: BrowserSession | None = None
+    # The API token that signed the request in, for requests that sent one.
+    token_id: int | None = None
 
     @property
     def id(self) -> int:
@@ -144,7 +146,7 @@ class Authenticator:
         user = await self._users.get((row.user_id,), lambda: self._load_user(row.user_id))
         if user is None:
             raise NotSignedIn("This API token is unknown or revoked. Create a new one.")
-        return Principal(user=user)
+        return Principal(user=user, token_id=row.id)
 
     async def forget_users(self, user_ids: set[int]) -> None:
         """Their accounts changed (or ended): drop cached accounts and browser sessions."""
@@ -152,6 +154,32 @@ class Authenticator:
         self._sessions.invalidate_where(
             lambda browser: browser is not None and browser.user_id in user_ids
         )
+
+    async def browser_principal(self, connection: HTTPConnection) -> Principal | None:
+        """Who the browser's session cookie signs in, ignoring any bearer token."""
+        cookie = connection.cookies.get(SESSION_COOKIE)
+        return await self._from_cookie(cookie) if cookie else None
+
+    async def still_signed_in(self, principal: Principal) -> bool:
+        """Whether the session or token that signed `principal` in still stands, read from the
+        database (not the caches): a long-lived response (a live stream) asks it again and
+        again, and must stop as soon as a sign-out, expiry, revocation or erasure commits."""
+        async with self._db.sessions() as session:
+            if principal.session is not None:
+                expires_at = await session.scalar(
+                    select(BrowserSession.expires_at)
+                    .join(User, User.id == BrowserSession.user_id)
+                    .where(BrowserSession.id == principal.session.id)
+                )
+                return expires_at is not None and expires_at > utcnow()
+            if principal.token_id is not None:
+                found = await session.scalar(
+                    select(ApiToken.id)
+                    .join(User, User.id == ApiToken.user_id)
+                    .where(ApiToken.id == principal.token_id, ApiToken.revoked_at.is_(None))
+                )
+                return found is not None
+            return await session.scalar(select(User.id).where(User.id == principal.id)) is not None
 
     async def _from_cookie(self, cookie: str) -> Principal | None:
         session_id = self._session_id(cookie)
@@ -183,11 +211,16 @@ class Authenticator:
 
 
 def check_origin(connection: HTTPConnection) -> None:
-    """Refuse changes sent by a page of another site (browsers always send Origin then)."""
+    """Refuse changes sent by a page of another site (browsers always send Origin then).
+
+    `Origin: null` is refused too: it is what a sandboxed frame, a data: or file: page, or a
+    cross-site redirect sends, never one of our pages (their fetches carry our origin). Scripts
+    and the watcher send no Origin at all, and pass.
+    """
     if connection.scope.get("method", "GET") in SAFE_METHODS:
         return
     origin = connection.headers.get("origin")
-    if origin and origin != "null" and not _same_origin(connection, origin):
+    if origin and (origin == "null" or not _same_origin(connection, origin)):
         raise CsrfFailed()
 
 

@@ -5,48 +5,71 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import logging
 import os
 import sys
 from collections import Counter
-from pathlib import Path
+from typing import TYPE_CHECKING
 
+from findme.capacity import raise_open_files_limit
 from findme.db import Database, Role
 from findme.doctor import add_doctor_command
 from findme.errors import FindMeError
 from findme.logs import configure_logging
+from findme.migrations import migrate
 from findme.settings import Settings
 from findme.watcher import add_watch_command
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+logger = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
-def migrate(settings: Settings) -> None:
-    """Bring the schema up to date (Alembic owns it)."""
-    from alembic.config import Config
+# FINDME_MAX_HEADER_BYTES bounds the request line and headers together: h11 stops buffering an
+# incomplete request past it (400) and EdgeLimits refuses a complete one (431). httptools,
+# uvicorn's default when installed, buffers without limit, so `findme serve` runs h11.
 
-    from alembic import command
 
-    if settings.is_sqlite:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    config = Config(str(ALEMBIC_INI))
-    config.attributes["database_url"] = settings.database_url
-    command.upgrade(config, "head")
+def server_config(
+    settings: Settings, *, port: int | None = None, body_timeout_s: float | None = None
+) -> uvicorn.Config:
+    """How `findme serve` runs the app: bounded headers, slow bodies timed out."""
+    import uvicorn
+
+    from findme.app import create_app
+    from findme.edge import EdgeLimits
+
+    app = EdgeLimits(
+        create_app(settings),
+        max_header_bytes=settings.max_header_bytes,
+        body_timeout_s=settings.body_timeout_s if body_timeout_s is None else body_timeout_s,
+        body_min_bytes_s=settings.body_min_rate_bytes_s,
+    )
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port if port is None else port,
+        http="h11",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        # Client addresses (rate limits, logs) come from X-Forwarded-For only when the peer is
+        # a trusted proxy (FORWARDED_ALLOW_IPS, default 127.0.0.1). Nothing grants access by
+        # address: /metrics wants an admin or its scrape token.
+        proxy_headers=True,
+        log_config=None,
+        access_log=False,
+    )
 
 
 def _serve(settings: Settings, _args: argparse.Namespace) -> int:
     import uvicorn
 
     migrate(settings)
-    uvicorn.run(
-        "findme.app:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        proxy_headers=True,
-        log_config=None,
-        access_log=False,
-    )
-    return 0
+    limit = raise_open_files_limit()
+    logger.info(limit.sentence(), extra={"action": "open_files_limit"})
+    server = uvicorn.Server(server_config(settings))
+    server.run()
+    return 0 if server.started else 3
 
 
 def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -56,7 +79,7 @@ def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _create_user(settings: Settings, args: argparse.Namespace) -> int:
-    from findme.routes.accounts import check_password, create_user
+    from findme.domain.accounts import check_password, create_user
 
     password = args.password or os.environ.get("FINDME_PASSWORD")
     if not password:

@@ -38,6 +38,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from findme.errors import AlreadyExists
 from findme.settings import Settings
 
+# Key of the sessions' `info` holding the attempts new jobs get (see Database).
+SESSION_JOB_MAX_ATTEMPTS = "job_max_attempts"
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -122,9 +125,24 @@ class User(Base):
     role: Mapped[Role] = mapped_column(_enum(Role))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     consent_at: Mapped[dt.datetime | None]
-    selfie: Mapped[bytes | None] = _bytes_column()
-    selfie_descriptor: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # When the selfies last changed; None while the account has none (pages read it as "has a
+    # selfie" without a query).
     selfie_updated_at: Mapped[dt.datetime | None]
+
+
+class Selfie(Base):
+    """One of a person's selfies (up to three, e.g. front and three-quarter): biometric data."""
+
+    __tablename__ = "selfies"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    image: Mapped[bytes | None] = _bytes_column()
+    # 128 float32 little-endian (the local engine's descriptor, also used to check selfies)
+    descriptor: Mapped[bytes] = mapped_column(LargeBinary)
+    # the face: left, top, right, bottom in the upright image (None: enrolled before it was kept)
+    box: Mapped[list[int] | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class BrowserSession(Base):
@@ -175,8 +193,9 @@ class EventMember(Base):
         ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     joined_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    # The selfie's face id in the event's cloud collection, once indexed there.
-    cloud_face_id: Mapped[str | None] = mapped_column(String(64))
+    # The face ids of the member's selfies in the event's cloud collection (space-separated, up
+    # to three UUIDs and a marker), once indexed there.
+    cloud_face_id: Mapped[str | None] = mapped_column(String(120))
 
 
 class Photo(Base):
@@ -264,7 +283,8 @@ class Job(Base):
     )
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # No default: jobs.py sets it from FINDME_JOB_MAX_ATTEMPTS when it enqueues the job.
+    max_attempts: Mapped[int] = mapped_column(Integer)
     run_after: Mapped[dt.datetime] = mapped_column(default=utcnow)
     locked_by: Mapped[str | None] = mapped_column(String(64))
     lease_expires_at: Mapped[dt.datetime | None]
@@ -296,7 +316,13 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(settings.database_url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # Every session carries the attempts a new job gets, so code that enqueues a job with
+        # whatever session it holds follows FINDME_JOB_MAX_ATTEMPTS without passing it along.
+        self.sessions = async_sessionmaker(
+            self.engine,
+            expire_on_commit=False,
+            info={SESSION_JOB_MAX_ATTEMPTS: settings.job_max_attempts},
+        )
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -24,8 +24,10 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from findme.capacity import OpenFiles, open_files
 from findme.db import Database
 from findme.errors import FindMeError
+from findme.migrations import head_revision
 from findme.settings import Settings
 
 CHECK_CONFIG = AioConfig(
@@ -75,14 +77,13 @@ def _doctor(settings: Settings, _args: argparse.Namespace) -> int:
 
 async def diagnose(settings: Settings) -> list[Check]:
     aws = aioboto3.Session(region_name=settings.aws_region)
+    engine_check = {"local": _check_models, "rekognition": _check_rekognition}
+    storage_check = {"database": _database_storage, "s3": _check_s3}
     return [
         await _check_database(settings),
-        await (
-            _check_rekognition(aws, settings)
-            if settings.recognizer == "rekognition"
-            else _check_models()
-        ),
-        await (_check_s3(aws, settings) if settings.storage == "s3" else _database_storage()),
+        await engine_check[settings.recognizer](aws, settings),
+        await storage_check[settings.storage](aws, settings),
+        _check_open_files(),
     ]
 
 
@@ -105,7 +106,7 @@ async def _check_database(settings: Settings) -> Check:
         )
     finally:
         await db.aclose()
-    head = _schema_head()
+    head = head_revision()
     if revision != head:
         return Check(
             "database",
@@ -116,21 +117,13 @@ async def _check_database(settings: Settings) -> Check:
     return Check("database", True, f"answers; the schema is at the latest revision ({head}).")
 
 
-def _schema_head() -> str | None:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
-    from findme.cli import ALEMBIC_INI
-
-    head: str | None = ScriptDirectory.from_config(Config(str(ALEMBIC_INI))).get_current_head()
-    return head
-
-
-async def _check_models() -> Check:
-    from findme.recognition import _models_dir
+async def _check_models(_aws: aioboto3.Session, settings: Settings) -> Check:
+    from findme.engines.local.detectors import available_detector
+    from findme.engines.local.faces import models_dir
 
     try:
-        folder = _models_dir()
+        folder = models_dir()
+        detector = available_detector(settings.detector)
     except FindMeError as error:
         return Check("engine", False, f"local (dlib): {error.detail}")
     missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
@@ -141,7 +134,19 @@ async def _check_models() -> Check:
             f"local (dlib): {', '.join(missing)} missing from {folder}: reinstall the "
             "face-recognition-models package.",
         )
-    return Check("engine", True, f"local (dlib): the model files are in {folder}.")
+    finds = (
+        "the CNN detector (libfacedetection) finds the faces"
+        if detector == "cnn"
+        else "dlib's HOG detector finds the faces"
+        + (
+            ""
+            if settings.detector == "hog"
+            else ": the CNN's package (yuface) cannot be imported here, so turned, masked and "
+            "covered faces are missed. Install it (CPython 3.11 on x86-64), or set "
+            "FINDME_DETECTOR=hog to say this is intended"
+        )
+    )
+    return Check("engine", True, f"local (dlib): {finds}; the model files are in {folder}.")
 
 
 async def _check_rekognition(aws: aioboto3.Session, settings: Settings) -> Check:
@@ -184,8 +189,22 @@ async def _check_s3(aws: aioboto3.Session, settings: Settings) -> Check:
     return Check("storage", True, f"{where} answers HeadBucket with these credentials.")
 
 
-async def _database_storage() -> Check:
+async def _database_storage(_aws: aioboto3.Session, _settings: Settings) -> Check:
     return Check("storage", True, "photo bytes are kept in the database (checked above).")
+
+
+def _check_open_files() -> Check:
+    """What `findme serve` will have: it raises the soft limit to the hard one as it starts."""
+    limit = open_files()
+    ready = OpenFiles(soft=limit.hard, hard=limit.hard)
+    advice = ""
+    if ready.stream_capacity < 1000:
+        advice = (
+            " For events with many attendees, raise the hard limit (ulimit -Hn, LimitNOFILE= in "
+            "a systemd unit, --ulimit nofile= for a container)."
+        )
+    # Not a failure: a small event runs fine; a large one needs the advice.
+    return Check("capacity", True, ready.sentence() + advice)
 
 
 def _aws_advice(error: Exception, service: str, endpoint_variable: str) -> str:

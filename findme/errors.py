@@ -98,6 +98,18 @@ class Unprocessable(FindMeError):
     code = "unprocessable"
 
 
+class NoFace(Unprocessable):
+    """No face was found in this photo. Take a selfie facing the camera, in good light."""
+
+    code = "no_face"
+
+
+class SeveralFaces(Unprocessable):
+    """This photo shows several faces. Take a selfie with only your face in it."""
+
+    code = "several_faces"
+
+
 class RateLimited(FindMeError):
     """Too many requests. Wait a moment and try again."""
 

@@ -101,6 +101,23 @@ def _pixel_sentence(max_pixels: int) -> str:
     )
 
 
+def thumbnail_of(
+    data: bytes, *, size_px: int, around: tuple[int, int, int, int] | None = None
+) -> bytes:
+    """A JPEG thumbnail of an image already checked by `prepare_upload` (a stored selfie),
+    square around the face box `around` (in the upright image's pixels) when there is one."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    if around is not None:
+        left, top, right, bottom = around
+        # The face and some hair and shoulders: a square twice the face's size.
+        half = max(right - left, bottom - top)
+        centre_x, centre_y = (left + right) // 2, (top + bottom) // 2
+        upright = upright.crop((centre_x - half, centre_y - half, centre_x + half, centre_y + half))
+    return _thumbnail(upright, size_px)
+
+
 def _thumbnail(image: Image.Image, size_px: int) -> bytes:
     # draft() lets the JPEG decoder scale by 1/2..1/8 while decoding: a 24 MP photo becomes a
     # thumbnail without ever holding its full-size pixels. load() still reads every byte, so a

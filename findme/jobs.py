@@ -3,6 +3,10 @@
 Every change is a short transaction. A claim marks a job `running` under a lease that belongs
 to one claim token; finishing, failing and renewing all name that token, so a worker whose
 lease expired (and whose job someone else reclaimed) can no longer touch the job.
+
+A claim token is `<holder>:<job id>:<claim time>`; the pipeline's holder names its host and
+process (`pipeline.py`), so a process found dead can have its leases ended at once
+(`end_leases`) rather than waited out.
 """
 
 from __future__ import annotations
@@ -14,11 +18,22 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from findme.db import Database, Job, JobKind, JobStatus, Photo, PhotoStatus, utcnow
+from findme.db import (
+    SESSION_JOB_MAX_ATTEMPTS,
+    Database,
+    Job,
+    JobKind,
+    JobStatus,
+    Photo,
+    PhotoStatus,
+    utcnow,
+)
 
 # Lower runs first: a newcomer's matches go ahead of a mass upload's photos.
 PRIORITY = {JobKind.match_member: 0, JobKind.process_photo: 10}
 MAX_ERROR_HISTORY = 20
+# The width of jobs.locked_by.
+MAX_TOKEN_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -47,9 +62,19 @@ async def enqueue_member_match(session: AsyncSession, *, event_id: int, user_id:
 
 async def _enqueue(session: AsyncSession, job: Job) -> Job:
     job.priority = PRIORITY[job.kind]
+    job.max_attempts = _max_attempts(session)
     session.add(job)
     await session.flush()
     return job
+
+
+def _max_attempts(session: AsyncSession) -> int:
+    """The attempts a job gets, from the settings of the Database that opened `session`."""
+    try:
+        attempts: int = session.info[SESSION_JOB_MAX_ATTEMPTS]
+    except KeyError:
+        raise RuntimeError("Jobs are enqueued with a session of Database.sessions.") from None
+    return attempts
 
 
 def _claimable(now: dt.datetime) -> Any:
@@ -64,6 +89,7 @@ async def claim(db: Database, *, token_prefix: str, limit: int, lease_s: float) 
     claimed: list[ClaimedJob] = []
     async with db.transaction() as session:
         now = utcnow()
+        await _fail_exhausted(session, now)
         candidates = (
             select(Job.id)
             .where(_claimable(now))
@@ -72,7 +98,9 @@ async def claim(db: Database, *, token_prefix: str, limit: int, lease_s: float) 
             .with_for_update(skip_locked=True)
         )
         for job_id in list(await session.scalars(candidates)):
-            token = f"{token_prefix}:{job_id}:{now.timestamp():.6f}"
+            token = f"{token_prefix}:{job_id}:{base36(int(now.timestamp() * 1_000_000))}"
+            if len(token) > MAX_TOKEN_CHARS:
+                raise ValueError(f"The claim token {token!r} is too long for jobs.locked_by.")
             row = (
                 await session.execute(
                     update(Job)
@@ -96,6 +124,73 @@ async def claim(db: Database, *, token_prefix: str, limit: int, lease_s: float) 
             ).one()
             claimed.append(ClaimedJob(job_id, row.kind, token, *row[1:]))
     return claimed
+
+
+async def _fail_exhausted(session: AsyncSession, now: dt.datetime) -> None:
+    """An abandoned job that used its last attempt stays failed instead of being claimed again.
+
+    Its worker died while holding it as often as it may be tried: if the job itself kills the
+    process (memory, say), claiming it again would only crash the next one too.
+    """
+    abandoned = and_(
+        Job.status == JobStatus.running,
+        Job.lease_expires_at < now,
+        Job.attempts >= Job.max_attempts,
+    )
+    photo_ids = await session.scalars(
+        update(Job)
+        .where(abandoned)
+        .values(
+            status=JobStatus.failed,
+            finished_at=now,
+            locked_by=None,
+            lease_expires_at=None,
+            error="Its worker stopped while running it, on every attempt.",
+        )
+        .returning(Job.photo_id)
+    )
+    failed_photos = [photo_id for photo_id in photo_ids if photo_id is not None]
+    if failed_photos:
+        await session.execute(
+            update(Photo).where(Photo.id.in_(failed_photos)).values(status=PhotoStatus.failed)
+        )
+
+
+def base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, digit = divmod(number, 36)
+        text = digits[digit] + text
+        if not number:
+            return text
+
+
+async def holders(db: Database, *, prefix: str) -> list[str]:
+    """The claim tokens of running jobs whose holder's name starts with `prefix`."""
+    async with db.sessions() as session:
+        tokens = await session.scalars(
+            select(Job.locked_by)
+            .where(
+                Job.status == JobStatus.running, Job.locked_by.startswith(prefix, autoescape=True)
+            )
+            .distinct()
+        )
+        return [token for token in tokens if token is not None]
+
+
+async def end_leases(db: Database, tokens: list[str]) -> int:
+    """End these claims' leases now (their process is gone): the jobs are claimable at once,
+    through the same path as a lease that ran out, and the lost try counts."""
+    if not tokens:
+        return 0
+    async with db.transaction() as session:
+        result = await session.execute(
+            update(Job)
+            .where(Job.locked_by.in_(tokens), Job.status == JobStatus.running)
+            .values(lease_expires_at=utcnow())
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 async def renew(db: Database, tokens: list[str], *, lease_s: float) -> None:
@@ -169,12 +264,17 @@ async def release(db: Database, jobs: list[ClaimedJob]) -> None:
 
 
 async def retry(session: AsyncSession, job_id: int) -> bool:
-    """An admin's retry of a failed job: a fresh set of attempts."""
+    """An admin's retry of a failed job: a fresh set of attempts, as many as configured now."""
     result = await session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.failed)
         .values(
-            status=JobStatus.queued, attempts=0, run_after=utcnow(), finished_at=None, error=None
+            status=JobStatus.queued,
+            attempts=0,
+            max_attempts=_max_attempts(session),
+            run_after=utcnow(),
+            finished_at=None,
+            error=None,
         )
     )
     return bool(getattr(result, "rowcount", 0))

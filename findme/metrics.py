@@ -24,7 +24,9 @@ JOB_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 class Metrics:
     """One registry per app, so several apps (tests, workers) never share counters."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, scrape_token: str | None = None) -> None:
+        # A bearer token that grants /metrics and nothing else, for Prometheus (None: admins only).
+        self.scrape_token = scrape_token
         self.registry = CollectorRegistry()
         self.http_latency = Histogram(
             "findme_http_request_duration_seconds",

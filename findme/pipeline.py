@@ -3,12 +3,22 @@
 A feeder claims due jobs (most urgent first) into an `asyncio.Queue`; N workers run them under
 a timeout; a heartbeat renews the leases of every job this instance holds. Stopping stops the
 claims, gives running jobs a grace period, and hands everything unfinished back to the queue.
+
+A process killed outright (`kill -9`, the OOM killer, a crash) leaves its jobs running under
+leases nobody renews. Each pipeline names itself `<host>:<pid>:<pid namespace>.<nonce>` in its
+claim tokens, and when it starts, then every RECLAIM_INTERVAL_S, it ends at once the leases of
+holders it can prove dead: same host, same pid namespace, and no such process any more. Holders
+on other machines or in other containers cannot be proven dead from here; their jobs wait out
+the lease (`FINDME_JOB_LEASE_S`, 60 s), which stays long so that a pause (a database failover, a
+stalled machine) does not turn into the same job run twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import logging
 import os
 import socket
@@ -17,6 +27,7 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from findme import jobs
@@ -29,6 +40,9 @@ Handler = Callable[[jobs.ClaimedJob], Awaitable[None]]
 JobObserver = Callable[[str, str, float], None]
 ProgressCallback = Callable[[Counter[str], int], None]
 TIMINGS_KEPT = 1000
+RECLAIM_INTERVAL_S = 5.0
+# Host names longer than this are shortened (with a hash): claim tokens must fit jobs.locked_by.
+MAX_HOST_CHARS = 20
 
 
 class Pipeline:
@@ -45,6 +59,7 @@ class Pipeline:
         housekeeping: Callable[[], Awaitable[None]] | None = None,
         housekeeping_interval_s: float = 3600.0,
         poll_s: float = 1.0,
+        reclaim_interval_s: float = RECLAIM_INTERVAL_S,
     ) -> None:
         self._db = db
         self._handlers = handlers
@@ -56,7 +71,8 @@ class Pipeline:
         self._retry_base_s = retry_base_s
         self._housekeeping = housekeeping
         self._housekeeping_interval_s = housekeeping_interval_s
-        self.instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._reclaim_interval_s = reclaim_interval_s
+        self.instance = f"{process_name()}.{uuid.uuid4().hex[:4]}"
         self._queue: asyncio.Queue[jobs.ClaimedJob] = asyncio.Queue()
         self._held: dict[str, jobs.ClaimedJob] = {}
         self._wake = asyncio.Event()
@@ -150,7 +166,11 @@ class Pipeline:
         return self.outcomes
 
     async def _feed(self) -> None:
+        next_reclaim = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() >= next_reclaim:
+                next_reclaim = time.monotonic() + self._reclaim_interval_s
+                await self._reclaim()
             free = self._workers - self._queue.qsize() - self.active
             claimed: list[jobs.ClaimedJob] = []
             if free > 0:
@@ -167,6 +187,27 @@ class Pipeline:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_s)
+
+    async def _reclaim(self) -> None:
+        """End the leases of jobs held by processes of this host that are gone."""
+        try:
+            host_prefix = self.instance.split(":", 1)[0] + ":"
+            dead = [
+                token
+                for token in await jobs.holders(self._db, prefix=host_prefix)
+                if holder_is_dead(token)
+            ]
+            ended = await jobs.end_leases(self._db, dead)
+        except Exception:
+            logger.exception("reclaiming jobs failed", extra={"action": "reclaim_error"})
+            return
+        if ended:
+            logger.warning(
+                "took over %d jobs of processes that died: %s",
+                ended,
+                ", ".join(sorted({token.rsplit(":", 2)[0] for token in dead})),
+                extra={"action": "jobs_reclaimed", "instance": self.instance},
+            )
 
     async def _heartbeat(self) -> None:
         while True:
@@ -261,6 +302,65 @@ class Pipeline:
                 "p95_s": round(ordered[int(len(ordered) * 0.95)], 3) if ordered else None,
             }
         return summary
+
+
+def process_name() -> str:
+    """`<host>:<pid>:<pid namespace>`: enough to tell later, from this host, that it is gone.
+
+    The namespace tells containers apart that share a host name (`--network host`), whose
+    pids are different processes; it is empty where it cannot be read, and then nothing is
+    ever proven dead.
+    """
+    return f"{_host()}:{os.getpid()}:{_pid_namespace()}"
+
+
+def holder_is_dead(token: str) -> bool:
+    """Whether the process named by a claim token is provably gone: it ran on this host, in
+    this pid namespace, and that pid is no process any more (or only a zombie)."""
+    host, _, rest = token.partition(":")
+    pid_text, _, rest = rest.partition(":")
+    namespace = rest.partition(".")[0]
+    here = _pid_namespace()
+    if host != _host() or not here or namespace != here:
+        return False
+    if not pid_text.isascii() or not pid_text.isdigit() or int(pid_text) <= 0:
+        return False
+    pid = int(pid_text)
+    return pid != os.getpid() and not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    # Killed but not yet reaped by its parent: still listed, but it runs nothing.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    state = stat.rpartition(b")")[2].split()[:1]
+    return state not in ([b"Z"], [b"X"])
+
+
+@functools.cache
+def _host() -> str:
+    name = socket.gethostname().replace(":", "_")
+    if len(name) <= MAX_HOST_CHARS:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_HOST_CHARS - 9]}~{digest}"
+
+
+@functools.cache
+def _pid_namespace() -> str:
+    try:
+        inode = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    return jobs.base36(inode)
 
 
 def _describe(error: Exception) -> str:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +53,8 @@ class RateLimiter:
                     f"The rate limit {name} ({spec!r}) is not valid; write it like 10/minute."
                 ) from None
             self._rules[name] = Rule(name, items, sentence)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._lock_users: Counter[str] = Counter()
 
     async def aclose(self) -> None:
         if self._redis_pool is not None:
@@ -68,6 +73,34 @@ class RateLimiter:
         for item in rule.items:
             if not await self._limiter.test(item, name, *identifiers):
                 await self._refuse(rule, item, identifiers)
+
+    async def record(self, name: str, *identifiers: str) -> None:
+        """Count one event (a failed sign-in, say) without refusing anything."""
+        for item in self._rules[name].items:
+            await self._limiter.hit(item, name, *identifiers)
+
+    async def clear(self, name: str, *identifiers: str) -> None:
+        """Forget what was counted for these identifiers (a sign-in succeeded)."""
+        for item in self._rules[name].items:
+            await self._limiter.clear(item, name, *identifiers)
+
+    @contextlib.asynccontextmanager
+    async def one_at_a_time(self, key: str) -> AsyncIterator[None]:
+        """Run the block for one `key` at a time in this process.
+
+        A check followed by a count is then atomic per key: a burst of parallel requests cannot
+        all pass the check before the first is counted. Across instances sharing Redis, each
+        instance may still let one request through concurrently.
+        """
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._lock_users[key] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._lock_users[key] -= 1
+            if not self._lock_users[key]:
+                del self._lock_users[key], self._locks[key]
 
     async def _refuse(self, rule: Rule, item: RateLimitItem, identifiers: tuple[str, ...]) -> None:
         stats = await self._limiter.get_window_stats(item, rule.name, *identifiers)

@@ -19,6 +19,7 @@ from findme.errors import BadRequest, TooLarge, UnsupportedMedia
 
 MAX_FILENAME_CHARS = 200
 MAX_FIELD_BYTES = 1024
+MAX_BOUNDARY_CHARS = 70  # RFC 2046; browsers, curl and httpx use 30 to 50
 
 
 class RequestTooLarge(TooLarge):
@@ -128,12 +129,19 @@ async def receive_files(
     boundary = params.get(b"boundary")
     if not boundary:
         raise MalformedUpload("The multipart request has no boundary.")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_request_bytes:
+    if len(boundary) > MAX_BOUNDARY_CHARS:
+        raise MalformedUpload(
+            f"The multipart boundary is too long: at most {MAX_BOUNDARY_CHARS} characters."
+        )
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > max_request_bytes:
         raise RequestTooLarge()
 
     events = _PartEvents()
-    parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
+    try:
+        parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
+    except Exception as error:
+        raise MalformedUpload("The multipart boundary is not valid.") from error
     tmp_dir.mkdir(parents=True, exist_ok=True)
     current: ReceivedFile | None = None
     field: tuple[str, bytearray] | None = None

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import uvicorn
 
-from findme.app import create_app
-from findme.cli import migrate
+from findme.cli import server_config
+from findme.migrations import migrate
 from findme.settings import Settings
 
 PG_HOST = os.environ.get("FINDME_TEST_PGHOST", "127.0.0.1")
@@ -90,21 +90,23 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def serve(
-    settings: Settings, *, port: int | None = None, wrap: Callable[[Any], Any] | None = None
+    settings: Settings,
+    *,
+    port: int | None = None,
+    wrap: Callable[[Any], Any] | None = None,
+    body_timeout_s: float | None = None,
 ) -> AsyncIterator[str]:
-    """The real app under uvicorn on a local port (a free one by default), in this event loop.
+    """The real app under uvicorn, configured as `findme serve` runs it, on a local port (a free
+    one by default), in this event loop.
 
     `wrap` puts test-only ASGI middleware around the app (to count requests, say).
     """
     port = port or free_port()
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app if wrap is None else wrap(app),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        lifespan="on",
-    )
+    config = server_config(settings, port=port, body_timeout_s=body_timeout_s)
+    config.host = "127.0.0.1"
+    config.log_level = "warning"
+    if wrap is not None:
+        config.app = wrap(config.app)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -175,7 +177,7 @@ async def make_user(server: Server) -> AsyncIterator[MakeUser]:
 
 async def _bootstrap_admin(server: Server) -> httpx.AsyncClient:
     from findme.db import Database, Role
-    from findme.routes.accounts import create_user
+    from findme.domain.accounts import create_user
 
     email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
     db = Database(server.settings)

@@ -32,6 +32,7 @@ async def test_create_join_list_and_delete(make_user, make_event) -> None:
         "failed": 0,
         "faces": 0,
         "matches": 0,
+        "matching": {"queued": 0, "running": 0, "done": 0, "failed": 0},
     }
     assert (await attendee.delete(f"/api/events/{event['id']}")).status_code == 403
     assert (await organiser.delete(f"/api/events/{event['id']}")).status_code == 204

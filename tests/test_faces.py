@@ -1,4 +1,7 @@
-"""The local engine on real faces: detection counts, matching, camera-sized group shots, formats."""
+"""The local engine on real faces: detection counts, matching, camera-sized group shots, formats.
+
+The default detector is the CNN; HOG, the fallback, is checked on the same shared set.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from findme.matching import nearest_member
-from findme.recognition import (
+from findme.engines.local.detectors import cnn_scan_scale
+from findme.engines.local.faces import (
     DEFAULT_MATCH_THRESHOLD,
     DESCRIPTOR_BYTES,
     FaceAnalysis,
@@ -24,6 +27,8 @@ from findme.recognition import (
     descriptor_distance,
     photo_scan_scale,
 )
+from findme.engines.matching import nearest_member
+from tests.crowd import CROWD_DIR, crowd_manifest
 from tests.shared_faces import faces_dir, group_shot, manifest
 
 MIN_FACE_PX = 120  # the settings default
@@ -97,6 +102,48 @@ def test_matching_every_face_gives_exactly_the_expected_photos(photos, match):
     assert {p: sorted(names) for p, names in my_photos.items()} == expected["expected_my_photos"]
 
 
+@pytest.fixture(scope="module")
+def hog_photos() -> dict[str, FaceAnalysis]:
+    return {
+        name: analyse_photo(read(f"event/{name}"), min_face_px=MIN_FACE_PX, detector="hog")
+        for name in manifest()["event"]
+    }
+
+
+def test_the_hog_fallback_gives_the_same_faces_and_matches(photos, hog_photos, match):
+    expected = manifest()["event"]
+    assert {name: len(a.faces) for name, a in hog_photos.items()} == {
+        name: info["faces"] for name, info in expected.items()
+    }
+    for name, analysis in hog_photos.items():
+        matched = sorted(p for p in (match(f.descriptor) for f in analysis.faces) if p)
+        assert matched == sorted(expected[name]["people"]), name
+        # Same faces whichever detector drew the box: one descriptor is near the other.
+        for face in analysis.faces:
+            twin = max(photos[name].faces, key=lambda f, b=face.box: iou(f.box, b))
+            assert iou(twin.box, face.box) > 0.3, (name, face.box, twin.box)
+            assert descriptor_distance(face.descriptor, twin.descriptor) < 0.35, name
+
+
+def test_no_stranger_in_the_crowd_photos_matches_a_member(selfies):
+    """Precision: real crowd faces, and boxes that are no face at all (the CNN's detections down
+    to a score of 0.3), are all farther than the threshold from every shared selfie."""
+    members = [analysis.faces[0].descriptor for analysis in selfies.values()]
+    nearest = []
+    unmarked = 0
+    for photo, info in crowd_manifest().items():
+        data = (CROWD_DIR / photo).read_bytes()
+        analysis = analyse_photo(data, min_face_px=MIN_FACE_PX, min_score=0.3)
+        assert len(analysis.faces) >= len(info["faces"])
+        for face in analysis.faces:
+            distance = min(descriptor_distance(face.descriptor, m) for m in members)
+            nearest.append((distance, photo, face.box))
+            unmarked += all(iou(face.box, marked) < 0.3 for marked in info["faces"])
+    closest = min(nearest)
+    assert closest[0] > DEFAULT_MATCH_THRESHOLD, closest
+    assert unmarked >= 20  # boxes that are no marked face were checked too
+
+
 def test_nearest_member_matches_at_most_the_one_nearest_member():
     def vector(*values: float) -> bytes:
         v = np.zeros(128, "<f4")
@@ -126,6 +173,22 @@ def test_nearest_member_matches_at_most_the_one_nearest_member():
 )
 def test_scan_scale_follows_from_the_minimum_face_size(size, min_face_px, scale):
     assert photo_scan_scale(*size, min_face_px=min_face_px) == pytest.approx(scale)
+
+
+@pytest.mark.parametrize(
+    ("size", "min_face_px", "scale"),
+    [
+        ((6000, 4000), 120, 1600 / 6000),  # the smallest face lands at the CNN's 32 px
+        ((6000, 4000), 60, 3200 / 6000),
+        ((6000, 4000), 400, 1600 / 6000),  # never below 1600 px on the long side
+        ((1920, 1280), 120, 1600 / 1920),
+        ((800, 600), 120, 1.0),  # web-sized photos are scanned whole, never upscaled...
+        ((800, 600), 20, 1.6),  # ...unless a face of min_face_px could not be found otherwise
+        ((6000, 4000), 10, 2.0),  # upscaling stops at 2x
+    ],
+)
+def test_the_cnn_scan_scale_follows_from_the_minimum_face_size(size, min_face_px, scale):
+    assert cnn_scan_scale(*size, min_face_px=min_face_px) == pytest.approx(scale)
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +309,15 @@ async def test_local_recognizer_runs_in_processes_and_survives_a_killed_worker(p
     assert recognizer._pool is None
     with pytest.raises(RuntimeError, match="not open"):
         await recognizer.analyse_selfie(read("selfies/biden.jpg"))
+
+
+async def test_local_recognizer_runs_the_detector_it_names(hog_photos):
+    async with LocalRecognizer(processes=1, min_face_px=MIN_FACE_PX, detector="hog") as hog:
+        assert hog.detector_name == "hog"
+        assert await hog.analyse_photo(read("event/e13.jpg")) == hog_photos["e13.jpg"]
+    # The workers use the score threshold given: the CNN scores no face of e13.jpg 0.95.
+    async with LocalRecognizer(
+        processes=1, min_face_px=MIN_FACE_PX, detector="cnn", min_score=0.95
+    ) as strict:
+        assert strict.detector_name == "cnn"
+        assert (await strict.analyse_photo(read("event/e13.jpg"))).faces == ()

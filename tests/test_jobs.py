@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import subprocess
+import sys
 
 import pytest
 from sqlalchemy import select, update
 
 from findme import jobs
 from findme.db import Database, Event, Face, FaceMatch, Job, JobKind, JobStatus, Photo, User, utcnow
-from findme.matching import purge_expired_faces
+from findme.engines.base import purge_expired_faces
 from findme.pipeline import Pipeline
+from findme.settings import Settings
+from tests.conftest import with_settings
 
 
 @pytest.fixture
@@ -132,6 +136,45 @@ async def test_failures_retry_with_backoff_then_stay_failed(db) -> None:
     assert photo.status == "failed"
 
 
+@pytest.mark.parametrize("max_attempts", [5, 1])
+async def test_job_max_attempts_decides_how_often_a_job_is_tried(
+    database_url, tmp_path, max_attempts
+) -> None:
+    settings = Settings.from_environ(
+        {
+            "FINDME_DATABASE_URL": database_url,
+            "FINDME_DATA_DIR": str(tmp_path),
+            "FINDME_JOB_MAX_ATTEMPTS": str(max_attempts),
+        }
+    )
+    db = Database(settings)
+    try:
+        event_id, _ = await seed_event(db)
+        await add_photos(db, event_id, 1)
+        tries: list[int] = []
+
+        async def broken(job) -> None:
+            tries.append(job.attempts)
+            raise RuntimeError("the engine fell over")
+
+        outcomes = await pipeline(db, broken).run_burst()
+        assert (outcomes["retried"], outcomes["failed"]) == (max_attempts - 1, 1)
+        assert tries == list(range(1, max_attempts + 1))
+        (job_id,) = (await statuses(db)).keys()
+        assert (await statuses(db))[job_id] == (JobStatus.failed, max_attempts)
+    finally:
+        await db.aclose()
+    # An admin's retry gives the attempts configured at the time of the retry.
+    later = Database(with_settings(settings, job_max_attempts=max_attempts + 1))
+    try:
+        async with later.transaction() as session:
+            assert await jobs.retry(session, job_id)
+        async with later.sessions() as session:
+            assert await session.scalar(select(Job.max_attempts)) == max_attempts + 1
+    finally:
+        await later.aclose()
+
+
 async def test_a_job_over_its_time_limit_fails(db) -> None:
     event_id, _ = await seed_event(db)
     await add_photos(db, event_id, 1)
@@ -188,3 +231,115 @@ async def test_retention_purges_face_data_but_keeps_matches(db) -> None:
         assert (await session.scalars(select(Face))).all() == []
         match = (await session.scalars(select(FaceMatch))).one()
     assert match.face_id is None
+
+
+# A worker process that claims one job and holds it until it is killed.
+HOLDER = """
+import asyncio, sys
+from findme.db import Database, JobKind
+from findme.pipeline import Pipeline
+from findme.settings import Settings
+
+async def main():
+    db = Database(Settings.from_environ({"FINDME_DATABASE_URL": sys.argv[1],
+                                         "FINDME_DATA_DIR": sys.argv[2]}))
+    async def hold(job):
+        print(job.id, flush=True)
+        await asyncio.Event().wait()
+    handlers = {kind: hold for kind in JobKind}
+    async with Pipeline(db=db, handlers=handlers, workers=1, lease_s=60, timeout_s=600,
+                        grace_s=1, retry_base_s=1):
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_the_jobs_of_a_killed_process_on_this_host_are_taken_over_at_once(
+    db, settings
+) -> None:
+    event_id, _ = await seed_event(db)
+    await add_photos(db, event_id, 1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, settings.database_url, str(settings.data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        job_id = int(await asyncio.wait_for(asyncio.to_thread(holder.stdout.readline), 60))
+    finally:
+        holder.kill()  # SIGKILL: no shutdown code runs, the job stays running under its lease
+        holder.communicate()
+    async with db.sessions() as session:
+        dead = await session.get(Job, job_id)
+    assert dead.status == JobStatus.running
+    assert dead.locked_by.split(":")[1] == str(holder.pid)
+    taken: list[jobs.ClaimedJob] = []
+
+    async def record(job) -> None:
+        taken.append(job)
+
+    await pipeline(db, record, lease_s=60).run_burst()
+    async with db.sessions() as session:
+        done = await session.get(Job, job_id)
+    assert [(job.id, job.attempts) for job in taken] == [(job_id, 2)]
+    assert done.status == JobStatus.done
+    # Taken over while the dead process's lease still had most of its minute to run.
+    assert done.started_at < dead.lease_expires_at - dt.timedelta(seconds=30)
+
+
+async def test_only_jobs_of_processes_proven_dead_are_taken_over(db) -> None:
+    event_id, _ = await seed_event(db)
+    await add_photos(db, event_id, 4)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    reclaimer = pipeline(db, None)
+    host, pid, namespace_and_nonce = reclaimer.instance.split(":")
+    namespace = namespace_and_nonce.split(".")[0]
+    assert str(gone.pid) != pid
+    holders = [
+        reclaimer.instance,  # this very process: alive
+        f"elsewhere-{host}:{gone.pid}:{namespace}.0000",  # another machine: cannot tell
+        f"{host}:{gone.pid}:{namespace}0.0000",  # another container's pids: cannot tell
+        f"{host}:{gone.pid}:{namespace}.0000",  # a process of this host that is gone
+    ]
+    claimed = [
+        (await jobs.claim(db, token_prefix=holder, limit=1, lease_s=60))[0].id for holder in holders
+    ]
+    taken: list[jobs.ClaimedJob] = []
+
+    async def record(job) -> None:
+        taken.append(job)
+
+    reclaimer = pipeline(db, record)
+    await reclaimer.start()
+    try:
+        while not taken:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # more claim rounds (poll_s=0.05) take nothing else
+    finally:
+        await reclaimer.stop()
+    assert [job.id for job in taken] == claimed[3:]
+    states = await statuses(db)
+    assert [states[job_id][0] for job_id in claimed[:3]] == [JobStatus.running] * 3
+
+
+async def test_a_job_whose_worker_died_on_its_last_attempt_stays_failed(db) -> None:
+    event_id, _ = await seed_event(db)
+    (photo_id,) = await add_photos(db, event_id, 1)
+    async with db.transaction() as session:  # its workers died holding it, every time
+        await session.execute(
+            update(Job).values(
+                status=JobStatus.running,
+                attempts=Job.max_attempts,
+                locked_by="gone:1:x.0000:1:0",
+                lease_expires_at=utcnow() - dt.timedelta(seconds=1),
+            )
+        )
+    assert await jobs.claim(db, token_prefix="next", limit=1, lease_s=30) == []
+    async with db.sessions() as session:
+        job = await session.scalar(select(Job))
+        photo = await session.get(Photo, photo_id)
+    assert (job.status, job.locked_by) == (JobStatus.failed, None)
+    assert "stopped" in job.error
+    assert photo.status == "failed"

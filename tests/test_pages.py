@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import re
 import uuid
@@ -22,8 +23,8 @@ from playwright.async_api import (
 )
 from sqlalchemy import select
 
-from findme.db import Database, Job, JobKind, JobStatus, Photo, Role, utcnow
-from findme.routes.accounts import create_user
+from findme.db import Database, Job, JobKind, JobStatus, Photo, PhotoStatus, Role, utcnow
+from findme.domain.accounts import create_user
 from tests.conftest import PASSWORD, serve
 from tests.shared_faces import faces_dir, manifest
 
@@ -129,6 +130,7 @@ async def add_failed_job(settings, *, filename: str, error: str) -> int:
                 photo_id=photo.id,
                 event_id=photo.event_id,
                 attempts=3,
+                max_attempts=3,
                 error=error,
                 finished_at=utcnow(),
             )
@@ -137,6 +139,81 @@ async def add_failed_job(settings, *, filename: str, error: str) -> int:
             return job.id
     finally:
         await db.aclose()
+
+
+async def fail_photo_job(settings, *, filename: str, error: str) -> None:
+    """The photo's processing failed all its attempts, as an engine fault leaves it."""
+    db = Database(settings)
+    try:
+        async with db.transaction() as session:
+            photo = await session.scalar(select(Photo).where(Photo.filename == filename))
+            assert photo is not None
+            job = await session.scalar(
+                select(Job).where(Job.photo_id == photo.id).order_by(Job.id.desc()).limit(1)
+            )
+            assert job is not None and job.status == JobStatus.done
+            job.status = JobStatus.failed
+            job.attempts = job.max_attempts
+            job.error = error
+            job.finished_at = utcnow()
+            photo.status = PhotoStatus.failed
+    finally:
+        await db.aclose()
+
+
+async def photo_id_of(settings, filename: str) -> int:
+    db = Database(settings)
+    try:
+        async with db.sessions() as session:
+            found = await session.scalar(select(Photo.id).where(Photo.filename == filename))
+            assert found is not None
+            return found
+    finally:
+        await db.aclose()
+
+
+async def thumbnails_shown(page: Page) -> None:
+    """Waits until every thumbnail of the organiser's photo list has loaded (for screenshots)."""
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('#photo-list img')]"
+        ".every(image => image.complete && image.naturalWidth > 0)"
+    )
+
+
+async def tab_to(page: Page, selector: str, *, presses: int = 60) -> None:
+    """Press Tab until the keyboard focus is on an element matching `selector`."""
+    for _ in range(presses):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("s => document.activeElement.matches(s)", selector):
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+async def focus_ring(page: Page) -> dict[str, Any]:
+    ring: dict[str, Any] = await page.evaluate(
+        """() => {
+            const style = getComputedStyle(document.activeElement);
+            return {
+                style: style.outlineStyle,
+                width: parseFloat(style.outlineWidth),
+                offset: parseFloat(style.outlineOffset),
+                visible: document.activeElement.matches(":focus-visible"),
+            };
+        }"""
+    )
+    return ring
+
+
+async def inside(inner, outer) -> bool:
+    """Whether `inner`'s box lies within `outer`'s (to the pixel)."""
+    a, b = await inner.bounding_box(), await outer.bounding_box()
+    assert a is not None and b is not None
+    return (
+        a["x"] >= b["x"] - 0.5
+        and a["y"] >= b["y"] - 0.5
+        and a["x"] + a["width"] <= b["x"] + b["width"] + 0.5
+        and a["y"] + a["height"] <= b["y"] + b["height"] + 0.5
+    )
 
 
 async def sign_in(page: Page, email: str) -> None:
@@ -199,14 +276,21 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
         qr = photographer.locator("img.qr")
         assert await qr.evaluate("img => img.complete && img.naturalWidth > 0")
 
-        # Two attendees arrive by the QR link: sign up, selfie, join, and open "My photos".
+        # Three attendees arrive by the QR link: sign up, selfie, join, and open "My photos".
+        # Lin is in none of the photos.
         attendees: dict[str, Page] = {}
-        for person, size in (("obama", "phone"), ("biden", "desktop")):
+        emails: dict[str, str] = {}
+        for person, size in (
+            ("obama", "phone"),
+            ("biden", "desktop"),
+            ("lin_manuel_miranda", "phone"),
+        ):
             page = await (await contexts(base, size)).new_page()
             await page.goto(join_url)
             await expect(page).to_have_url(re.compile(r"/login\?next="))
             await page.get_by_role("link", name="Create an account").click()
-            await sign_up(page, person.title(), f"{person}-{uuid.uuid4().hex[:6]}@example.com")
+            emails[person] = f"{person.split('_')[0]}-{uuid.uuid4().hex[:6]}@example.com"
+            await sign_up(page, person.split("_")[0].title(), emails[person])
             await expect(page).to_have_url(re.compile(r"/selfie\?next="))
             await page.locator("#file").set_input_files(faces / data["selfies"][person])
             await page.get_by_label("I agree").check()
@@ -217,6 +301,9 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
             await expect(page).to_have_url(f"{base}/my-photos?event_id={event_id}")
             await expect(page.locator("#live")).to_have_text("Live")
             await expect(page.get_by_text("No photos of you yet")).to_be_visible()
+            await expect(page.locator("#empty [data-text]")).to_contain_text(
+                "has not uploaded any photos yet"
+            )
             await page.evaluate("window.__notReloaded = true")
             attendees[person] = page
 
@@ -231,6 +318,19 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
         await expect(photographer.locator("#progress-badge")).to_have_text(
             "Complete", timeout=SLOW_MS
         )
+        # The event's photos stay listed, with thumbnails and what was found in each.
+        rows = photographer.locator("#photo-list .photo-row")
+        await expect(rows).to_have_count(15)
+        e12 = photographer.locator('#photo-list [data-filename="e12.jpg"]')
+        await expect(e12.locator("[data-badge]")).to_have_text("Done")
+        faces_in_e12 = data["event"]["e12.jpg"]["faces"]
+        await expect(e12.locator("[data-detail]")).to_have_text(f"{faces_in_e12} faces found")
+        await photographer.reload()
+        await expect(rows).to_have_count(15)
+        thumbs = await rows.locator("img").evaluate_all(
+            "images => images.map(image => image.complete && image.naturalWidth)"
+        )
+        assert len(thumbs) == 15 and all(thumbs), thumbs
 
         # Each attendee's page filled up by itself, with exactly their photos.
         for person, page in attendees.items():
@@ -239,6 +339,47 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
             assert sorted(await tile_names(page)) == sorted(expected)
             assert await page.evaluate("window.__notReloaded === true")
             await expect(page.get_by_test_id("photo-count")).to_have_text(f"{len(expected)} photos")
+
+        # Lin is in none of them: once every photo is processed the page says so, and what to do.
+        lin = attendees["lin_manuel_miranda"]
+        await expect(lin.get_by_role("heading", name="No photos of you were found")).to_be_visible()
+        await expect(lin.locator("#empty [data-text]")).to_contain_text(
+            "All 15 photos of Summer gala are processed"
+        )
+        await expect(lin.get_by_test_id("processing")).to_have_text("Every photo is processed")
+        await expect(lin.locator(".advice")).to_contain_text("Add a better selfie")
+        await expect(lin.locator(".advice")).to_contain_text("up to 3 selfies")
+        await expect(lin.locator(".advice")).to_contain_text("Ask the organiser")
+        assert await lin.get_by_test_id("better-selfie").get_attribute("href") == (
+            f"/selfie?next=/my-photos%3Fevent_id%3D{event_id}"
+        )
+        await shot(lin, "my-photos-none-found", "phone")
+
+        # A failed photo is a failure, with its reason, and its organiser can retry it.
+        await fail_photo_job(
+            live_settings, filename="e11.jpg", error="RecognitionError: the engine crashed"
+        )
+        await photographer.reload()
+        badge = photographer.locator("#progress-badge")
+        await expect(badge).to_have_text("1 failed")
+        assert "badge-danger" in (await badge.get_attribute("class") or "")
+        await expect(photographer.locator("#failed-box")).to_contain_text(
+            "1 photo could not be processed"
+        )
+        failed_row = photographer.locator('#photo-list [data-filename="e11.jpg"]')
+        await expect(failed_row.locator("[data-badge]")).to_have_text("Failed")
+        await expect(failed_row).to_contain_text("RecognitionError: the engine crashed")
+        await thumbnails_shown(photographer)
+        await shot(photographer, "event-failed", "desktop")
+        await photographer.get_by_role("button", name="Show the failed photos").click()
+        await expect(rows).to_have_count(1)
+        await photographer.get_by_role("button", name="Retry the failed photo").click()
+        await expect(photographer.locator("#toast")).to_contain_text("1 photo queued again")
+        await expect(badge).to_have_text("Complete", timeout=SLOW_MS)
+        await expect(photographer.locator("#failed-box")).to_be_hidden()
+        await photographer.get_by_role("button", name=re.compile(r"^All")).click()
+        await expect(rows).to_have_count(15)
+        await expect(failed_row.locator("[data-badge]")).to_have_text("Done")
 
         # Obama (on the phone) opens one full-size, downloads it, and removes one: not me.
         obama = attendees["obama"]
@@ -250,10 +391,29 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
         async with obama.expect_download() as single:
             await viewer.get_by_role("link", name="Download").click()
         assert (await single.value).suggested_filename == "e01.jpg"
+        arrow = viewer.get_by_role("button", name="Next photo")
+        await expect(arrow).to_be_visible()
+        box = await arrow.bounding_box()
+        assert box is not None and box["width"] >= 48 and box["height"] >= 48
+        look = await arrow.evaluate(
+            "b => { const s = getComputedStyle(b); return [s.backgroundColor, s.borderTopWidth]; }"
+        )
+        alpha = re.match(r"rgba?\([^,]+,[^,]+,[^,]+(?:,\s*([\d.]+))?\)", look[0])
+        assert alpha and float(alpha[1] or 1) >= 0.6 and float(look[1].rstrip("px")) >= 2, look
         await viewer.get_by_role("button", name="Close").click()
 
         removed = obama.locator('#photos .tile[data-filename="e13.jpg"]')
         await removed.get_by_role("button", name="Not me").click()
+        confirm = removed.locator(".tile-confirm")
+        await expect(confirm).to_be_visible()
+        for part in (
+            confirm,
+            confirm.get_by_role("button", name="Remove"),
+            confirm.get_by_role("button", name="Keep"),
+        ):
+            assert await inside(part, removed), "the confirmation overflows its tile"
+        assert await confirm.evaluate("c => c.scrollHeight <= c.clientHeight + 1")
+        await removed.screenshot(path=ARTIFACTS / "not-me-confirm-phone.png")
         await removed.get_by_role("button", name="Remove").click()
         await expect(removed).to_have_count(0)
         kept = sorted(set(data["expected_my_photos"]["obama"]) - {"e13.jpg"})
@@ -271,8 +431,17 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
             original = (faces / "event" / "e01.jpg").read_bytes()
             assert archive.read("e01.jpg") == original
 
-        # The gallery pages through all 15 photos as you scroll (6 per page here).
+        # A photo tile reached with the keyboard shows a ring, drawn inside the clipping tile.
         biden = attendees["biden"]
+        await tab_to(biden, "#photos .tile-open")
+        ring = await focus_ring(biden)
+        assert ring["visible"] and ring["style"] == "solid" and ring["width"] >= 3, ring
+        assert ring["offset"] <= -ring["width"], ring
+        await biden.locator("#photos .tile").first.screenshot(
+            path=ARTIFACTS / "tile-focus-desktop.png"
+        )
+
+        # The gallery pages through all 15 photos as you scroll (6 per page here).
         await biden.goto(f"/gallery?event_id={event_id}&limit=6")
         for _ in range(10):
             if await biden.locator("#photos .tile").count() == 15:
@@ -298,11 +467,49 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
         await expect(admin.locator("#toast")).to_contain_text("Caches cleared")
         job = admin.locator(f'[data-job-id="{failed}"]')
         await expect(job).to_contain_text("the engine crashed")
+        await expect(job.locator(".job-subject")).to_have_text("e07.jpg")
+        await expect(job.locator(".job-event")).to_have_text("in Summer gala")
+        await expect(admin.locator("#failed-figure")).to_have_class(re.compile(r"\bbad\b"))
         await shot(admin, "admin-failed-job", "desktop")
         await job.get_by_role("button", name="Retry").click()
         await expect(admin.locator("#toast")).to_contain_text(f"Job {failed} is queued again")
         await expect(job).to_have_count(0)
+        for name in ("e08.png", "e09.jpg"):
+            await add_failed_job(live_settings, filename=name, error="TimeoutError: 300 s")
+        await expect(admin.locator("#failed .job")).to_have_count(2)
+        await admin.get_by_role("button", name="Retry all").click()
+        await expect(admin.locator("#toast")).to_contain_text("2 failed jobs queued again")
+        await expect(admin.locator("#failed .job")).to_have_count(0)
+        await expect(admin.get_by_test_id("failed-total")).to_have_text("0")
+        await expect(admin.locator("#failed-figure")).not_to_have_class(re.compile(r"\bbad\b"))
+        await expect(admin.get_by_role("button", name="Retry all")).to_be_hidden()
+        # Timings come from the jobs table; every event and account is listed.
+        await expect(admin.locator("#timings tr")).to_have_count(2)
+        await expect(admin.locator(f'#events [data-event-id="{event_id}"]')).to_contain_text(
+            "Pat Lens"
+        )
+        await expect(admin.locator("#users")).to_contain_text(photographer_email)
+        # An admin's home page lists every event; an event that is not theirs is not "yours".
+        await admin.goto("/")
+        await expect(admin.get_by_role("heading", name="Every event")).to_be_visible()
+        await expect(admin.get_by_test_id("event-list")).to_contain_text("by Pat Lens")
+        await shot(admin, "home-admin", "desktop")
+        await admin.goto(f"/events/{event_id}")
+        await expect(admin.locator(".eyebrow")).to_have_text("Event · admin view")
+        await expect(admin.locator(".page-head")).to_contain_text("Organised by Pat Lens")
+        await thumbnails_shown(admin)
+        await shot(admin, "event-admin", "desktop")
         await add_failed_job(live_settings, filename="e08.png", error="TimeoutError: 300 s")
+
+        # A photo's address opened while signed out: sign in, and the photo shows.
+        e01 = await photo_id_of(live_settings, "e01.jpg")
+        stranger = await (await contexts(base, "desktop")).new_page()
+        await stranger.goto(f"/api/photo/{e01}")
+        await expect(stranger).to_have_url(f"{base}/login?next=/api/photo/{e01}")
+        await sign_in(stranger, emails["obama"])
+        await expect(stranger).to_have_url(f"{base}/api/photo/{e01}")
+        await expect(stranger.locator("img")).to_have_js_property("complete", True)
+        assert await stranger.locator("img").evaluate("img => img.naturalWidth") > 0
 
         # Every page at both sizes, for a person to look at.
         await screenshot_every_page(
@@ -346,6 +553,8 @@ async def screenshot_every_page(
                 if name in {"my-photos", "gallery"}:
                     await expect(page.locator("#photos .tile").first).to_be_visible()
                     await page.wait_for_load_state("networkidle")
+                if name == "event":
+                    await thumbnails_shown(page)
                 if name == "admin":
                     await expect(page.get_by_test_id("processed")).to_have_text(
                         re.compile(r"^\d+$")
@@ -359,6 +568,7 @@ async def screenshot_every_page(
                 await expect(page.locator('[data-tally="duplicate"]')).to_have_text(
                     "2 already uploaded"
                 )
+                await thumbnails_shown(page)
                 await shot(page, "event-upload-results", size)
             if who == "obama":
                 await page.goto(f"/my-photos?event_id={event_id}")
@@ -368,6 +578,43 @@ async def screenshot_every_page(
                 )
                 await shot(page, "viewer", size)
             await page.context.close()
+
+
+@pytest.mark.timeout(400)
+async def test_selfie_page_keeps_up_to_three_selfies(server, contexts) -> None:
+    page = await (await contexts(server.url, "phone")).new_page()
+    await page.goto("/register")
+    await sign_up(page, "Joe", f"joe-{uuid.uuid4().hex[:6]}@example.com")
+    await expect(page).to_have_url(re.compile(r"/selfie"))
+    await page.goto("/selfie")
+    selfie = faces_dir() / manifest()["selfies"]["biden"]
+    await page.locator("#file").set_input_files(selfie)
+    await page.get_by_label("I agree").check()
+    await page.get_by_role("button", name="Save my selfie").click()
+    await expect(page.locator("[data-success]")).to_contain_text("saved", timeout=SLOW_MS)
+
+    await page.reload()
+    await expect(page.get_by_role("heading", name="Your selfies")).to_be_visible()
+    tiles = page.locator(".selfie-item")
+    await expect(tiles).to_have_count(1)
+    for count in (2, 3):
+        await page.locator("#file").set_input_files(selfie)
+        await page.get_by_label("I agree").check()
+        await page.get_by_role("button", name="Add this selfie").click()
+        await expect(tiles).to_have_count(count, timeout=SLOW_MS)
+    # Each tile shows its image (the owner's JPEG), and a full page says why there is no form.
+    await page.wait_for_function(
+        "() => [...document.querySelectorAll('.selfie-item img')]"
+        ".every(image => image.complete && image.naturalWidth > 0)"
+    )
+    await expect(page.locator("[data-full]")).to_contain_text("Remove one to add another")
+    await expect(page.locator("#selfie-form")).to_have_count(0)
+    await shot(page, "selfies-full", "phone")
+
+    await tiles.first.get_by_role("button", name="Remove").click()
+    await expect(tiles).to_have_count(2)
+    await expect(page.get_by_role("button", name="Add this selfie")).to_be_visible()
+    contexts.assert_no_errors()
 
 
 @pytest.mark.timeout(400)
@@ -441,6 +688,25 @@ async def test_sign_in_comes_back_and_account_pages(
     await expect(page.get_by_test_id("error-detail")).to_contain_text("no event")
     await page.goto("/join/NOSUCHCODE")
     await expect(page.get_by_test_id("error-detail")).to_contain_text("No event has this code")
+    # The code can be typed again right there; case, spaces and dashes do not matter.
+    field = page.get_by_label("Event code")
+    await expect(field).to_have_value("NOSUCHCODE")
+    await shot(page, "join-unknown-code", "desktop")
+    typed = event["code"].lower()
+    await field.fill(f"{typed[:4]}-{typed[4:]}")
+    await page.get_by_role("button", name="Join").click()
+    await expect(page).to_have_url(f"{server.url}/join/{event['code']}")
+    await expect(page.get_by_role("heading", name="Book fair")).to_be_visible()
+    # A malformed code typed on the home page is explained, not silently dropped.
+    await page.goto("/")
+    await page.locator("#code").fill("AB!CD")
+    await page.locator("#code").press("Enter")
+    await expect(page.get_by_test_id("error-detail")).to_contain_text("only letters and digits")
+    await expect(page.get_by_label("Event code")).to_have_value("AB!CD")
+    await shot(page, "join-bad-code", "desktop")
+    await page.get_by_label("Event code").fill(event["code"])
+    await page.get_by_label("Event code").press("Enter")
+    await expect(page).to_have_url(f"{server.url}/join/{event['code']}")
 
     # Only same-site "next" values are followed after signing in.
     await page.goto("/account")
@@ -469,4 +735,112 @@ async def test_sign_in_comes_back_and_account_pages(
     await sign_in(page, email)
     await expect(page.locator("#login-form [data-error]")).to_be_visible()
     assert "Traceback" not in await page.content()
+    contexts.assert_no_errors()
+
+
+def small_photos(folder: Path, count: int) -> list[Path]:
+    """Plain JPEGs (no face), each of its own colour so that none is a duplicate."""
+    paths = []
+    for index in range(count):
+        path = folder / f"p{index}.jpg"
+        Image.new("RGB", (320, 240), (40 * index % 255, 120, 200 - 30 * index)).save(path, "JPEG")
+        paths.append(path)
+    return paths
+
+
+# Drops files on an element as a person dragging them from their desktop does.
+DROP_FILES = """(zone, files) => {
+    const transfer = new DataTransfer();
+    for (const [name, bytes] of files) {
+        const data = Uint8Array.from(atob(bytes), (char) => char.charCodeAt(0));
+        transfer.items.add(new File([data], name, { type: "image/jpeg" }));
+    }
+    const options = { dataTransfer: transfer, bubbles: true, cancelable: true };
+    zone.dispatchEvent(new DragEvent("drop", options));
+}"""
+
+
+@pytest.mark.timeout(300)
+async def test_organiser_page_keeps_the_photos_and_deletes_photos_and_the_event(
+    server, contexts, tmp_path
+) -> None:
+    email = await add_account(server.settings, Role.photographer, "Pat Lens")
+    page = await (await contexts(server.url, "phone")).new_page()
+    await page.goto("/login")
+    await sign_in(page, email)
+    await page.get_by_label("Event name").fill("Book fair")
+    await page.get_by_role("button", name="Create event").click()
+    await expect(page).to_have_url(re.compile(r"/events/\d+$"))
+    event_id = int(page.url.rsplit("/", 1)[1])
+    code = (await page.get_by_test_id("event-code").inner_text()).strip()
+
+    # The whole join link shows on the phone, inside its card.
+    link = page.get_by_test_id("join-url")
+    assert await link.input_value() == f"{server.url}/join/{code}"
+    assert await link.evaluate("t => t.scrollWidth <= t.clientWidth")
+    assert await link.evaluate("t => t.scrollHeight <= t.clientHeight + 1")
+    assert await inside(link, page.locator(".share"))
+
+    # Files dragged over the zone light it up plainly; dropped, they are uploaded.
+    zone = page.locator("#dropzone")
+    await zone.dispatch_event(
+        "dragenter", {"dataTransfer": await page.evaluate_handle("new DataTransfer()")}
+    )
+    await expect(zone).to_have_class(re.compile(r"\bover\b"))
+    await expect(zone.get_by_text("Release to upload")).to_be_visible()
+    border = await zone.evaluate(
+        "z => [getComputedStyle(z).borderTopStyle, parseFloat(getComputedStyle(z).borderTopWidth)]"
+    )
+    assert border[0] == "solid" and border[1] >= 3, border
+    await zone.screenshot(path=ARTIFACTS / "dropzone-over-phone.png")
+    photos = small_photos(tmp_path, 5)
+    dropped = [(path.name, base64.b64encode(path.read_bytes()).decode()) for path in photos[:2]]
+    await zone.evaluate(DROP_FILES, dropped)
+    await expect(zone).not_to_have_class(re.compile(r"\bover\b"))
+    await expect(page.locator("#upload-summary")).to_have_text("Upload finished: 2 files")
+    await page.locator("#files").set_input_files(photos[2:])
+    await expect(page.locator("#upload-summary")).to_have_text("Upload finished: 5 files")
+
+    # After a reload the photos are still listed (no worker runs here: all are waiting),
+    # a page at a time.
+    await page.goto(f"/events/{event_id}?limit=2")
+    rows = page.locator("#photo-list .photo-row")
+    await expect(rows).to_have_count(2)
+    await expect(page.locator("#photos-total")).to_have_text("5")
+    more = page.get_by_role("button", name="Show more photos")
+    await more.click()
+    await expect(rows).to_have_count(4)
+    await more.click()
+    await expect(rows).to_have_count(5)
+    await expect(more).to_be_hidden()
+    assert sorted(await rows.evaluate_all("r => r.map(x => x.dataset.filename)")) == [
+        path.name for path in photos
+    ]
+    await expect(rows.first.locator("[data-badge]")).to_have_text("Waiting")
+
+    # A photo is deleted after a confirmation, for good.
+    doomed = page.locator('#photo-list [data-filename="p0.jpg"]')
+    await doomed.get_by_role("button", name="Delete p0.jpg").click()
+    await expect(doomed.locator(".row-confirm")).to_contain_text("Delete it for everyone")
+    await shot(page, "event-photo-delete", "phone")
+    await doomed.locator(".row-confirm").get_by_role("button", name="Delete").click()
+    await expect(doomed).to_have_count(0)
+    await expect(page.locator("#toast")).to_contain_text("p0.jpg is deleted")
+    await page.reload()
+    await expect(rows).to_have_count(2)
+    await expect(page.locator("#photos-total")).to_have_text("4")
+    await shot(page, "event-manage", "phone")
+
+    # The event too, after ticking that the loss is understood.
+    await page.get_by_role("button", name="Delete this event…").click()
+    await page.get_by_role("button", name="Delete the event for good").click()
+    await expect(page.locator("#delete-confirm [data-error]")).to_contain_text("Tick the box")
+    await expect(page.locator("#delete-confirm")).to_contain_text("and its 4 photos")
+    await page.locator("#delete-confirm").get_by_role("checkbox").check()
+    await page.get_by_role("button", name="Delete the event for good").click()
+    await expect(page).to_have_url(f"{server.url}/?deleted=1")
+    await expect(page.get_by_text("The event is deleted")).to_be_visible()
+    await expect(page.get_by_test_id("event-list")).to_have_count(0)
+    await page.goto(f"/events/{event_id}")
+    await expect(page.get_by_test_id("error-detail")).to_contain_text("no event")
     contexts.assert_no_errors()

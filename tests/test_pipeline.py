@@ -35,6 +35,12 @@ async def put_selfie(client, data: bytes, filename: str = "me.jpg", consent: str
     )
 
 
+async def add_selfie(client, data: bytes, filename: str = "more.jpg", consent: str = "true"):
+    return await client.post(
+        "/api/me/selfies", files={"file": (filename, data)}, data={"consent": consent}
+    )
+
+
 async def attendees_with_selfies(make_user) -> dict:
     clients = {}
     for person, path in manifest()["selfies"].items():
@@ -200,13 +206,15 @@ async def test_not_me_sticks_even_after_a_rematch(gala, make_user, server) -> No
     assert "e12.jpg" not in mine
     assert mine == sorted(set(expected("obama")) - {"e12.jpg"})
     stranger = await make_user()
-    assert (await stranger.post(f"/api/photo/{e12}/not-me")).status_code == 403
+    assert (await stranger.post(f"/api/photo/{e12}/not-me")).status_code == 404
 
 
 async def test_erasure_leaves_no_biometric_data(gala, make_user, server) -> None:
     event = gala.event
     biden = await make_user(name="biden")
     await put_selfie(biden, (faces_dir() / "selfies" / "biden.jpg").read_bytes())
+    second = await add_selfie(biden, (faces_dir() / "selfies" / "biden.jpg").read_bytes())
+    assert second.status_code == 201, second.text
     await biden.post("/api/events/join", json={"code": event["code"]})
     ids = await upload_event_photos(gala, event["id"])
     await drain(server.settings)
@@ -220,12 +228,8 @@ async def test_erasure_leaves_no_biometric_data(gala, make_user, server) -> None
         count = await connection.fetchval(f"SELECT count(*) FROM {table} WHERE user_id=$1", user_id)
         assert count == 0, table
     assert await connection.fetchval("SELECT count(*) FROM users WHERE id=$1", user_id) == 0
-    assert (
-        await connection.fetchval(
-            "SELECT count(*) FROM users WHERE selfie IS NOT NULL OR selfie_descriptor IS NOT NULL"
-        )
-        == 0
-    )
+    # Both of biden's selfies, image and descriptor, are gone: nobody else enrolled one.
+    assert await connection.fetchval("SELECT count(*) FROM selfies") == 0
     await connection.close()
     assert (await biden.get("/api/me")).status_code == 401
 
@@ -340,3 +344,116 @@ async def test_two_pipeline_instances_do_each_job_once(gala, server) -> None:
     attempts = await connection.fetch("SELECT attempts, status FROM jobs")
     await connection.close()
     assert {(row["attempts"], row["status"]) for row in attempts} == {(1, "done")}
+
+
+async def test_a_script_follows_its_matching_until_my_photos_are_complete(
+    gala, make_user, server
+) -> None:
+    event = gala.event
+    await upload_event_photos(gala, event["id"])
+    await drain(server.settings)
+    person = "obama"
+    client = await make_user(name=person)
+    selfie = manifest()["selfies"][person]
+    assert (await put_selfie(client, (faces_dir() / selfie).read_bytes())).status_code == 200
+
+    joined = await client.post("/api/events/join", json={"code": event["code"]})
+    assert joined.status_code == 200, joined.text
+    job = joined.json()["job"]
+    assert job["status"] == "queued"
+    assert job["status_url"] == f"/api/jobs/{job['id']}"
+    assert (await client.get(job["status_url"])).json()["status"] == "queued"
+    progress = (await client.get(f"/api/events/{event['id']}/progress")).json()
+    assert progress["queued"] == 1  # the photos are done; my matching is not
+    assert progress["matching"] == {"queued": 1, "running": 0, "done": 0, "failed": 0}
+    status = (await client.get("/api/me/status")).json()
+    assert status["pending"] == 1
+    assert status["events"] == [
+        {
+            "event_id": event["id"],
+            "event_name": event["name"],
+            "matching": "queued",
+            "job": job,
+            "photos_pending": 0,
+        }
+    ]
+    # Joining again answers with the same job rather than starting another.
+    again = await client.post("/api/events/join", json={"code": event["code"]})
+    assert again.json()["job"] == job
+
+    await drain(server.settings)
+    progress = (await client.get(f"/api/events/{event['id']}/progress")).json()
+    assert (progress["queued"], progress["running"]) == (0, 0)
+    assert progress["matching"]["done"] == 1
+    status = (await client.get("/api/me/status")).json()
+    assert status["pending"] == 0
+    assert status["events"][0]["matching"] == "done"
+    assert (await client.get(job["status_url"])).json()["status"] == "done"
+    assert await my_filenames(client, event["id"]) == expected(person)
+
+
+async def test_joining_without_a_selfie_starts_no_job(gala, make_user) -> None:
+    client = await make_user()
+    joined = await client.post("/api/events/join", json={"code": gala.event["code"]})
+    assert joined.status_code == 200
+    assert joined.json()["job"] is None
+    status = (await client.get("/api/me/status")).json()
+    assert status["events"][0]["matching"] == "none"
+
+
+async def test_several_selfies_match_by_the_nearest_and_each_can_be_removed(
+    gala, make_user, server
+) -> None:
+    event = gala.event
+    await upload_event_photos(gala, event["id"])
+    await drain(server.settings)
+    me = await make_user()
+    selfie = {
+        person: (faces_dir() / path).read_bytes() for person, path in manifest()["selfies"].items()
+    }
+    assert (await put_selfie(me, selfie["obama"])).status_code == 200
+    await me.post("/api/events/join", json={"code": event["code"]})
+    await drain(server.settings)
+    assert await my_filenames(me, event["id"]) == expected("obama")
+
+    # A second selfie: a face counts as mine when it is near any of my selfies.
+    added = await add_selfie(me, selfie["biden"])
+    assert added.status_code == 201, added.text
+    items = added.json()["items"]
+    assert len(items) == 2
+    await drain(server.settings)
+    both = sorted(set(expected("obama")) | set(expected("biden")))
+    assert await my_filenames(me, event["id"]) == both
+
+    # The selfie page shows them; nobody else can see them.
+    listed = (await me.get("/api/me/selfies")).json()["items"]
+    assert [item["id"] for item in listed] == [item["id"] for item in items]
+    image = await me.get(listed[1]["image_url"])
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/jpeg"
+    assert image.headers["cache-control"] == "private, no-store"
+    assert Image.open(io.BytesIO(image.content)).format == "JPEG"
+    stranger = await make_user()
+    assert (await stranger.get(listed[1]["image_url"])).status_code == 404
+    assert (await stranger.delete(f"/api/me/selfies/{listed[1]['id']}")).status_code == 404
+
+    # Three at most; a fourth is refused and stores nothing.
+    assert (await add_selfie(me, selfie["biden"])).status_code == 201
+    refused = await add_selfie(me, selfie["rose_leslie"])
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "too_many_selfies"
+    assert len((await me.get("/api/me/selfies")).json()["items"]) == 3
+
+    # Removing biden's two selfies leaves obama's photos only.
+    for item in (await me.get("/api/me/selfies")).json()["items"][1:]:
+        assert (await me.delete(f"/api/me/selfies/{item['id']}")).status_code == 204
+    await drain(server.settings)
+    assert await my_filenames(me, event["id"]) == expected("obama")
+
+    # Removing the last one: no selfie, no matches.
+    last = (await me.get("/api/me/selfies")).json()["items"][0]
+    assert (await me.delete(f"/api/me/selfies/{last['id']}")).status_code == 204
+    assert (await me.delete(f"/api/me/selfies/{last['id']}")).status_code == 404
+    await drain(server.settings)
+    assert await my_filenames(me, event["id"]) == []
+    assert (await me.get("/api/me")).json()["has_selfie"] is False

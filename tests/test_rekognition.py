@@ -1,227 +1,34 @@
 """The Rekognition engine: real PostgreSQL, the real pipeline and routes, AWS faked by AioStubber.
 
-moto has no Rekognition face APIs, so `FakeRekognition` answers from a model of the collections
-(which people each image shows) and passes every exchange through aiobotocore's AioStubber,
-which checks each request and each answer against the real service model.
+`FakeRekognition` (tests/fakes/rekognition.py) answers from a model of the collections and passes
+every exchange through aiobotocore's AioStubber, which checks it against the service model.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import io
 import json
 import logging
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import aioboto3
 import asyncpg
 import pytest
-import uvicorn
 from aiobotocore.awsrequest import AioAWSResponse
-from aiobotocore.stub import AioStubber
 from PIL import Image
 
-from findme import rekognition
-from findme.app import create_app
+from findme.engines.rekognition import client as rekognition
+from findme.engines.rekognition.client import MAX_IMAGE_BYTES, prepare_image
 from findme.errors import ConfigurationError, RecognitionError
-from findme.rekognition import MAX_IMAGE_BYTES, RekognitionRecognizer, prepare_image
 from findme.services import AppState, build_pipeline
 from findme.settings import Settings
-from tests.conftest import Server, free_port, with_settings
+from tests.conftest import Server, free_port, serve, with_settings
+from tests.fakes.rekognition import FakeRekognition, client_for, engine_with
 from tests.shared_faces import faces_dir, manifest
 
 UPLOAD = "/api/photographer/events/{}/upload-photos"
-SAME_PERSON = 99.0
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-class FakeRekognition:
-    """Rekognition's face APIs as far as FindMe uses them.
-
-    Answers follow from `shows` (who is in each image) and `alike` (look-alikes); each exchange
-    is queued on an AioStubber just before the call it answers, one at a time, so the stubber
-    validates every request and answer. `delay_s` makes calls last, to observe concurrency.
-    """
-
-    def __init__(self, client: Any, *, delay_s: float = 0.0) -> None:
-        self.client = client
-        self.stubber = AioStubber(client)
-        self.stubber.activate()
-        self.delay_s = delay_s
-        self.people: dict[str, list[str]] = {}
-        self.alike: dict[frozenset[str], float] = {}
-        self.collections: dict[str, dict[str, tuple[str, str]]] = {}
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.failures: dict[str, list[str]] = {}
-        self.before_call: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
-        self.in_flight = 0
-        self.peak = 0
-        self._deleted: dict[str, str] = {}  # face id -> whose it was, for log()
-        self._turn = asyncio.Lock()
-
-    def shows(self, data: bytes, *people: str) -> bytes:
-        """`data` shows these people; "?REASON" is a face Rekognition will not index."""
-        self.people[sha(prepare_image(data).data)] = list(people)
-        return data
-
-    def fail(self, operation: str, code: str) -> None:
-        """The next call of `operation` answers this error."""
-        self.failures.setdefault(operation, []).append(code)
-
-    def close(self) -> None:
-        self.stubber.deactivate()
-
-    def __getattr__(self, operation: str) -> Callable[..., Awaitable[dict[str, Any]]]:
-        if operation.startswith("_"):
-            raise AttributeError(operation)
-
-        async def call(**params: Any) -> dict[str, Any]:
-            return await self._call(operation, params)
-
-        return call
-
-    async def _call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        self.in_flight += 1
-        self.peak = max(self.peak, self.in_flight)
-        try:
-            await asyncio.sleep(self.delay_s)
-            if self.before_call is not None:
-                await self.before_call(operation, params)
-            async with self._turn:
-                self.calls.append((operation, params))
-                if self.failures.get(operation):
-                    code = self.failures[operation].pop(0)
-                    self.stubber.add_client_error(operation, code, f"{code} (fake)", 400)
-                else:
-                    answer = getattr(self, f"_answer_{operation}")(**params)
-                    self.stubber.add_response(operation, answer, params)
-                response: dict[str, Any] = await getattr(self.client, operation)(**params)
-                return response
-        finally:
-            self.in_flight -= 1
-
-    def log(self) -> list[str]:
-        """The calls, readably; the searches of one image sorted (they run side by side)."""
-        labels = []
-        for operation, params in self.calls:
-            name = operation.title().replace("_", "")
-            if operation == "index_faces":
-                labels.append(f"{name} {params['ExternalImageId']}")
-            elif operation == "search_faces":
-                owner, person = self._face(params["FaceId"])
-                labels.append(f"{name} {owner}/{person}")
-            elif operation == "delete_faces":
-                owners = sorted(self._deleted.get(face, "?") for face in params["FaceIds"])
-                labels.append(f"{name} {' '.join(owners)}")
-            else:
-                labels.append(name)
-        result: list[str] = []
-        for label in labels:
-            image = label.split("/")[0]
-            run = len(result)
-            while (
-                label.startswith("SearchFaces") and run and result[run - 1].split("/")[0] == image
-            ):
-                run -= 1
-            result[run:] = sorted([*result[run:], label])
-        return result
-
-    def _face(self, face_id: str) -> tuple[str, str]:
-        for faces in self.collections.values():
-            if face_id in faces:
-                return faces[face_id]
-        return self._deleted.get(face_id, "?"), "?"
-
-    def _similarity(self, a: str, b: str) -> float:
-        return SAME_PERSON if a == b else self.alike.get(frozenset((a, b)), 0.0)
-
-    @staticmethod
-    def _face_json(face_id: str, external_image_id: str, index: int) -> dict[str, Any]:
-        return {
-            "FaceId": face_id,
-            "BoundingBox": {"Width": 0.2, "Height": 0.3, "Left": 0.1 + 0.3 * index, "Top": 0.2},
-            "ImageId": str(uuid.uuid4()),
-            "ExternalImageId": external_image_id,
-            "Confidence": 99.9,
-        }
-
-    def _answer_create_collection(self, CollectionId: str) -> dict[str, Any]:
-        self.collections.setdefault(CollectionId, {})
-        return {
-            "StatusCode": 200,
-            "CollectionArn": f"aws:rekognition:us-east-1:123456789012:collection/{CollectionId}",
-            "FaceModelVersion": "7.0",
-        }
-
-    def _answer_delete_collection(self, CollectionId: str) -> dict[str, Any]:
-        self.collections.pop(CollectionId, None)
-        return {"StatusCode": 200}
-
-    def _answer_list_collections(self, MaxResults: int = 1000) -> dict[str, Any]:
-        names = sorted(self.collections)[:MaxResults]
-        return {"CollectionIds": names, "FaceModelVersions": ["7.0"] * len(names)}
-
-    def _answer_index_faces(
-        self,
-        CollectionId: str,
-        Image: dict[str, bytes],
-        ExternalImageId: str,
-        MaxFaces: int = 100,
-    ) -> dict[str, Any]:
-        people = self.people.get(sha(Image["Bytes"]), [])
-        records, unindexed = [], []
-        for index, person in enumerate(people):
-            reason = person[1:] if person.startswith("?") else None
-            if reason is None and len(records) >= MaxFaces:
-                reason = "EXCEEDS_MAX_FACES"
-            if reason is not None:
-                unindexed.append({"Reasons": [reason], "FaceDetail": {"Confidence": 90.0}})
-                continue
-            face_id = str(uuid.uuid4())
-            self.collections[CollectionId][face_id] = (ExternalImageId, person)
-            face = self._face_json(face_id, ExternalImageId, index)
-            records.append(
-                {
-                    "Face": face,
-                    "FaceDetail": {"BoundingBox": face["BoundingBox"], "Confidence": 99.9},
-                }
-            )
-        return {"FaceRecords": records, "UnindexedFaces": unindexed, "FaceModelVersion": "7.0"}
-
-    def _answer_search_faces(
-        self, CollectionId: str, FaceId: str, FaceMatchThreshold: float, MaxFaces: int
-    ) -> dict[str, Any]:
-        faces = self.collections[CollectionId]
-        person = faces[FaceId][1]
-        matches = [
-            (self._similarity(person, other), face_id, external_image_id)
-            for face_id, (external_image_id, other) in faces.items()
-            if face_id != FaceId
-        ]
-        matches = sorted(m for m in matches if m[0] >= FaceMatchThreshold)[::-1][:MaxFaces]
-        return {
-            "SearchedFaceId": FaceId,
-            "FaceMatches": [
-                {"Similarity": similarity, "Face": self._face_json(face_id, external, 0)}
-                for similarity, face_id, external in matches
-            ],
-            "FaceModelVersion": "7.0",
-        }
-
-    def _answer_delete_faces(self, CollectionId: str, FaceIds: list[str]) -> dict[str, Any]:
-        faces = self.collections.get(CollectionId, {})
-        deleted = [face_id for face_id in FaceIds if face_id in faces]
-        for face_id in deleted:
-            self._deleted[face_id] = faces.pop(face_id)[0]
-        return {"DeletedFaces": deleted}
 
 
 # --- Fixtures: the real app with the Rekognition engine ----------------------------------------
@@ -250,9 +57,9 @@ class CloudServer(Server):
 
     def use_fake(self, *, delay_s: float = 0.0) -> FakeRekognition:
         """Put the fake in front of the app's own Rekognition client."""
-        assert self.state is not None and self.state.rekognition is not None
-        fake = FakeRekognition(self.state.rekognition.client, delay_s=delay_s)
-        self.state.rekognition = recognizer_for(fake, self.state.settings)
+        assert self.state is not None
+        fake = FakeRekognition(self.state.engine.client.aws, delay_s=delay_s)
+        self.state.engine = engine_with(self.state, client_for(fake, self.state.settings))
         return fake
 
 
@@ -260,46 +67,21 @@ def aws() -> aioboto3.Session:
     return aioboto3.Session(region_name="us-east-1")
 
 
-def recognizer_for(client: Any, settings: Settings) -> RekognitionRecognizer:
-    return RekognitionRecognizer(
-        client=client,
-        concurrency=settings.aws_concurrency,
-        collection_prefix=settings.rekognition_collection_prefix,
-        min_similarity=settings.rekognition_min_similarity,
-    )
-
-
-@contextlib.asynccontextmanager
-async def serve_with_state(settings: Settings) -> AsyncIterator[tuple[str, AppState]]:
-    """The real app under uvicorn, and the state its lifespan opened (ASGI lifespan state)."""
-    app = create_app(settings)
-    lifespan_state: dict[str, Any] = {}
-
-    async def keep_state(scope, receive, send) -> None:
-        if scope["type"] == "lifespan":
-            lifespan_state["state"] = scope["state"]
-        await app(scope, receive, send)
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(keep_state, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", lifespan_state["state"]["findme"]
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[CloudServer]:
-    async with serve_with_state(settings) as (url, state):
-        yield CloudServer(url=url, settings=settings, state=state)
+    """The real app, and the state its lifespan opened (ASGI lifespan state)."""
+    lifespan: dict[str, Any] = {}
+
+    def keep_state(app):
+        async def asgi(scope, receive, send) -> None:
+            if scope["type"] == "lifespan":
+                lifespan["state"] = scope["state"]  # filled in as the lifespan starts
+            await app(scope, receive, send)
+
+        return asgi
+
+    async with serve(settings, wrap=keep_state) as url:
+        yield CloudServer(url=url, settings=settings, state=lifespan["state"]["findme"])
 
 
 @pytest.fixture
@@ -439,7 +221,8 @@ async def test_fresh_event_costs_one_call_per_collection_selfie_photo_and_face(
     await connection.execute("UPDATE jobs SET status = 'queued', attempts = 0, finished_at = NULL")
     async with rekognition.open_client(aws(), server.settings) as client:
         restarted = FakeRekognition(client)
-        state = replace(server.state, rekognition=recognizer_for(restarted, server.settings))
+        new_client = client_for(restarted, server.settings)
+        state = replace(server.state, engine=engine_with(server.state, new_client))
         outcomes = await drain(state)
         restarted.close()
     assert outcomes["done"] == 5
@@ -572,7 +355,9 @@ async def test_calls_stay_under_the_semaphore_with_eight_workers(
     photo_ids = await upload(gala, fake, *photos)
     fake.delay_s = 0.02  # every call lasts: concurrent calls overlap and can be counted
     busy = with_settings(settings, workers=8, aws_concurrency=3)
-    state = replace(server.state, settings=busy, rekognition=recognizer_for(fake, busy))
+    state = replace(
+        server.state, settings=busy, engine=engine_with(server.state, client_for(fake, busy))
+    )
 
     outcomes = await drain(state)
 
@@ -675,10 +460,10 @@ async def test_unindexed_faces_are_logged_with_their_reasons(
 ) -> None:
     await attendee(make_user, fake, "obama", gala.event)
     (photo_id,) = await upload(gala, fake, (photo((1, 2, 3)), ["obama", "?LOW_SHARPNESS"]))
-    with caplog.at_level(logging.WARNING, logger="findme.rekognition"):
+    with caplog.at_level(logging.WARNING, logger="findme.engines.rekognition.client"):
         await drain(server.state)
     assert f"1 faces of photo-{photo_id} were not indexed: LOW_SHARPNESS x1" in caplog.text
-    assert server.state.rekognition.unindexed == {"LOW_SHARPNESS": 1}
+    assert server.state.engine.client.unindexed == {"LOW_SHARPNESS": 1}
 
 
 # --- Throttling: botocore's own retry loop (AioStubber answers before it, so this test fakes
@@ -716,7 +501,7 @@ async def test_throttling_is_retried_with_backoff(settings, max_attempts) -> Non
     limited = with_settings(settings, aws_max_attempts=max_attempts)
     async with rekognition.open_client(aws(), limited) as client:
         client.meta.events.register("before-send.rekognition.CreateCollection", answer)
-        recognizer = recognizer_for(client, limited)
+        recognizer = client_for(client, limited)
         if max_attempts == 3:
             await recognizer.create_collection("findme-1-0")
         else:
@@ -806,3 +591,58 @@ def test_aws_settings(tmp_path) -> None:
         assert raised.value.detail.endswith(".")
     s3 = read(FINDME_STORAGE="s3", FINDME_S3_BUCKET="photos")
     assert (s3.storage, s3.s3_bucket, s3.s3_prefix) == ("s3", "photos", "")
+
+
+async def test_several_selfies_are_each_indexed_searched_and_deleted(
+    gala, make_user, server, fake
+) -> None:
+    event = await small_event(gala, make_user, fake)
+    me = await attendee(make_user, fake, "kit_harington", gala.event)
+    (rose_photo,) = await upload(gala, fake, (photo((40, 40, 40)), ["rose_leslie"]))
+    await drain(server.state)
+    assert await my_photo_ids(me, gala.event["id"]) == [event["obama_and_kit"]]
+
+    # A second selfie: both are indexed again as this member's and each searched once.
+    path = faces_dir() / manifest()["selfies"]["rose_leslie"]
+    second = fake.shows(path.read_bytes(), "rose_leslie")
+    before = len(fake.calls)
+    response = await me.post(
+        "/api/me/selfies", files={"file": (path.name, second)}, data={"consent": "true"}
+    )
+    assert response.status_code == 201, response.text
+    await drain(server.state)
+    me_id = me.user["id"]
+    assert sorted(fake.log()[before:]) == [
+        f"DeleteFaces user-{me_id}",
+        f"IndexFaces user-{me_id}",
+        f"IndexFaces user-{me_id}",
+        f"SearchFaces user-{me_id}/kit_harington",
+        f"SearchFaces user-{me_id}/rose_leslie",
+    ]
+    assert await my_photo_ids(me, gala.event["id"]) == sorted([event["obama_and_kit"], rose_photo])
+    connection = await pg(server.settings)
+    recorded = await connection.fetchval(
+        "SELECT cloud_face_id FROM event_members WHERE user_id = $1", me_id
+    )
+    await connection.close()
+    assert len(recorded.split()) == 2
+
+    # Removing the first selfie: both faces leave the collection, the one left is indexed again.
+    first = (await me.get("/api/me/selfies")).json()["items"][0]["id"]
+    before = len(fake.calls)
+    assert (await me.delete(f"/api/me/selfies/{first}")).status_code == 204
+    assert fake.calls[before][0] == "delete_faces"
+    assert sorted(fake.calls[before][1]["FaceIds"]) == sorted(recorded.split())
+    await drain(server.state)
+    assert await my_photo_ids(me, gala.event["id"]) == [rose_photo]
+
+    # And the last: no face of mine is left in the collection, and no match.
+    last = (await me.get("/api/me/selfies")).json()["items"][0]["id"]
+    assert (await me.delete(f"/api/me/selfies/{last}")).status_code == 204
+    await drain(server.state)
+    assert await my_photo_ids(me, gala.event["id"]) == []
+    assert all(
+        external != f"user-{me_id}"
+        for faces in fake.collections.values()
+        for external, _person in faces.values()
+    )

@@ -16,9 +16,9 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 from sqlalchemy import text
 
-from findme.s3 import S3Storage
 from findme.services import build_pipeline, open_services
 from findme.settings import Settings
+from findme.storage.s3 import S3Storage
 from tests.conftest import free_port, with_settings
 from tests.shared_faces import faces_dir
 
@@ -254,8 +254,14 @@ def test_doctor_checks_what_is_configured(settings) -> None:
     assert healthy.returncode == 0, healthy.stdout + healthy.stderr
     lines = healthy.stdout.splitlines()
     assert "recognition engine local, photo storage s3" in lines[0]
-    assert [line.split(":")[0] for line in lines[1:]] == ["✓ database", "✓ engine", "✓ storage"]
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "✓ database",
+        "✓ engine",
+        "✓ storage",
+        "✓ capacity",
+    ]
     assert f"S3 bucket {settings.s3_bucket}" in lines[3]
+    assert "live pages" in lines[4]
 
     closed = f"http://127.0.0.1:{free_port()}"
     broken = doctor(
@@ -266,7 +272,12 @@ def test_doctor_checks_what_is_configured(settings) -> None:
     )
     assert broken.returncode == 1, broken.stdout + broken.stderr
     lines = broken.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines[1:]] == ["✓ database", "✗ engine", "✗ storage"]
+    assert [line.split(":")[0] for line in lines[1:]] == [
+        "✓ database",
+        "✗ engine",
+        "✗ storage",
+        "✓ capacity",
+    ]
     assert "Amazon Rekognition" in lines[2] and "AWS_ENDPOINT_URL_REKOGNITION" in lines[2]
     assert "cannot be reached" in lines[3] and "AWS_ENDPOINT_URL_S3" in lines[3]
 

@@ -1,48 +1,23 @@
-"""The jobs' work: find faces in photos and keep each event's matches right.
+"""The matching rule both engines share, and how matches are stored.
 
 A face is matched to at most one member of its event: the nearest whose distance is under the
-threshold, never to several look-alikes. Writing an event's matches is serialised by a per-event
-`asyncio.Lock` within this process and a transaction-scoped advisory lock across processes.
+threshold (or, in the cloud, the most similar), never to several look-alikes; a member's "not
+me" keeps them from a photo for good. The rule is pure; `sync_matches` writes its outcome.
 """
 
 from __future__ import annotations
 
-import abc
-import asyncio
-import datetime as dt
-import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy import Select, delete, func, insert, select, text, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from findme.db import (
-    Database,
-    Event,
-    EventMember,
-    Face,
-    FaceMatch,
-    JobKind,
-    Photo,
-    PhotoStatus,
-    RejectedMatch,
-    User,
-    utcnow,
-)
-from findme.jobs import ClaimedJob
-from findme.recognition import DESCRIPTOR_BYTES, LocalRecognizer
-from findme.storage import PhotoStorage
+from findme.db import FaceMatch, Photo, RejectedMatch, utcnow
 
-logger = logging.getLogger(__name__)
-
-MatchesChanged = Callable[[set[int]], Awaitable[None]]
 _DTYPE = np.dtype("<f4")
-# pg_advisory_xact_lock(namespace, event_id): the event's matches and its once-only cloud work.
-EVENT_LOCK_NAMESPACE = 0x46D
 
 
 @dataclass(frozen=True)
@@ -97,192 +72,53 @@ def _nearest_face_per_match(chosen: Iterable[Candidate]) -> dict[tuple[int, int]
 
 def assign_faces(
     faces: list[FaceRow],
-    members: dict[int, bytes],
+    selfies: Sequence[tuple[int, bytes]],
     *,
     threshold: float,
     rejected: Iterable[tuple[int, int]] = (),
 ) -> dict[tuple[int, int], Assignment]:
-    """(photo_id, user_id) → the face that matched, for every face's nearest member."""
-    if not faces or not members:
+    """(photo_id, user_id) → the face that matched, for every face's nearest member.
+
+    `selfies` are (user_id, descriptor) pairs, several per member when they enrolled several
+    selfies: a member is as near as their nearest selfie.
+    """
+    if not faces or not selfies:
         return {}
-    user_ids = list(members)
+    owners = [user_id for user_id, _ in selfies]
     a = np.frombuffer(b"".join(face.descriptor for face in faces), _DTYPE).reshape(len(faces), -1)
-    b = np.frombuffer(b"".join(members.values()), _DTYPE).reshape(len(user_ids), -1)
+    b = np.frombuffer(b"".join(d for _, d in selfies), _DTYPE).reshape(len(owners), -1)
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    # |a-b|^2 = |a|^2 + |b|^2 - 2ab: a faces-by-members matrix, never a faces-by-members-by-128
+    # |a-b|^2 = |a|^2 + |b|^2 - 2ab: a faces-by-selfies matrix, never a faces-by-selfies-by-128
     # array (2,000 faces and 200 members would need 400 MB).
     squared = (a64**2).sum(1)[:, None] + (b64**2).sum(1)[None, :] - 2 * a64 @ b64.T
     distances = np.sqrt(np.clip(squared, 0, None))
-    column = {user_id: index for index, user_id in enumerate(user_ids)}
+    columns: dict[int, list[int]] = defaultdict(list)
+    for index, user_id in enumerate(owners):
+        columns[user_id].append(index)
     photo_rows: dict[int, list[int]] = defaultdict(list)
     for row, face in enumerate(faces):
         photo_rows[face.photo_id].append(row)
     for photo_id, user_id in rejected:
-        if user_id in column:
-            distances[photo_rows.get(photo_id, []), column[user_id]] = np.inf
+        for column in columns.get(user_id, []):
+            distances[photo_rows.get(photo_id, []), column] = np.inf
+    # The nearest selfie of all is the nearest selfie of the nearest member.
     best = distances.argmin(axis=1)
     return _nearest_face_per_match(
-        Candidate(face.id, face.photo_id, user_ids[best[row]], float(distances[row, best[row]]))
+        Candidate(face.id, face.photo_id, owners[best[row]], float(distances[row, best[row]]))
         for row, face in enumerate(faces)
         if distances[row, best[row]] < threshold
     )
 
 
 def nearest_member(
-    face: bytes, members: Mapping[int, bytes], *, threshold: float
+    face: bytes, selfies: Sequence[tuple[int, bytes]] | Mapping[int, bytes], *, threshold: float
 ) -> tuple[int, float] | None:
     """The one member a single face matches, by the same rule as `assign_faces`."""
-    chosen = assign_faces([FaceRow(0, 0, face)], dict(members), threshold=threshold)
+    pairs = list(selfies.items()) if isinstance(selfies, Mapping) else list(selfies)
+    chosen = assign_faces([FaceRow(0, 0, face)], pairs, threshold=threshold)
     for (_photo, user_id), assignment in chosen.items():
         return user_id, assignment.distance
     return None
-
-
-async def lock_events(session: AsyncSession, event_ids: Iterable[int]) -> None:
-    """Hold these events' advisory locks (PostgreSQL) until the transaction ends.
-
-    Taken in id order, so two transactions that lock several events cannot deadlock.
-    """
-    if session.get_bind().dialect.name != "postgresql":
-        return  # SQLite runs one writer at a time anyway
-    for event_id in sorted(set(event_ids)):
-        await session.execute(
-            text("SELECT pg_advisory_xact_lock(:namespace, :event_id)"),
-            {"namespace": EVENT_LOCK_NAMESPACE, "event_id": event_id},
-        )
-
-
-class EventLocks:
-    """Serialises the writes of one event: an `asyncio.Lock` within this process and a
-    transaction-scoped advisory lock across processes."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
-        self._locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
-
-    @asynccontextmanager
-    async def transaction(self, event_id: int) -> AsyncIterator[AsyncSession]:
-        async with self._locks[event_id], self._db.transaction() as session:
-            await lock_events(session, [event_id])
-            yield session
-
-
-class PhotoJobs(abc.ABC):
-    """What the handlers of `process_photo` and `match_member` share, whichever the engine."""
-
-    def __init__(
-        self, *, db: Database, storage: PhotoStorage, on_matches_changed: MatchesChanged
-    ) -> None:
-        self._db = db
-        self._storage = storage
-        self._on_matches_changed = on_matches_changed
-        self._event_writes = EventLocks(db).transaction
-
-    def handlers(self) -> dict[JobKind, Callable[[ClaimedJob], Awaitable[None]]]:
-        return {
-            JobKind.process_photo: self.process_photo,
-            JobKind.match_member: self.match_member,
-        }
-
-    @abc.abstractmethod
-    async def process_photo(self, job: ClaimedJob) -> None:
-        """Find the photo's faces and match them with the event's members."""
-
-    @abc.abstractmethod
-    async def match_member(self, job: ClaimedJob) -> None:
-        """Match a member who joined, or changed selfie, with the event's stored faces."""
-
-
-class Matcher(PhotoJobs):
-    """The local engine's handlers."""
-
-    def __init__(
-        self,
-        *,
-        db: Database,
-        storage: PhotoStorage,
-        recognizer: LocalRecognizer,
-        threshold: float,
-        on_matches_changed: MatchesChanged,
-    ) -> None:
-        super().__init__(db=db, storage=storage, on_matches_changed=on_matches_changed)
-        self._recognizer = recognizer
-        self._threshold = threshold
-
-    async def process_photo(self, job: ClaimedJob) -> None:
-        assert job.photo_id is not None
-        async with self._db.transaction() as session:
-            photo = await session.get(Photo, job.photo_id)
-            if photo is None:
-                return  # deleted while queued: nothing to do
-            event_id = photo.event_id
-            photo.status = PhotoStatus.processing
-        data = await self._storage.read_original(job.photo_id)
-        analysis = await self._recognizer.analyse_photo(data)
-        async with self._event_writes(event_id) as session:
-            await session.execute(delete(Face).where(Face.photo_id == job.photo_id))
-            faces: list[FaceRow] = []
-            for found in analysis.faces:
-                face_id = await session.scalar(
-                    insert(Face)
-                    .values(
-                        photo_id=job.photo_id,
-                        event_id=event_id,
-                        box=list(found.box),
-                        descriptor=found.descriptor,
-                    )
-                    .returning(Face.id)
-                )
-                assert face_id is not None
-                faces.append(FaceRow(face_id, job.photo_id, found.descriptor))
-            members = await _member_descriptors(session, event_id)
-            rejected = await rejections(session, event_id, photo_ids=[job.photo_id])
-            wanted = assign_faces(faces, members, threshold=self._threshold, rejected=rejected)
-            changed = await sync_matches(session, event_id, wanted, photo_ids=[job.photo_id])
-            await session.execute(
-                update(Photo)
-                .where(Photo.id == job.photo_id)
-                .values(
-                    status=PhotoStatus.done if faces else PhotoStatus.no_faces,
-                    processed_at=utcnow(),
-                )
-            )
-        if changed:
-            await self._on_matches_changed(changed)
-
-    async def match_member(self, job: ClaimedJob) -> None:
-        """A member joined or changed selfie: recompute the event's matches from stored faces.
-
-        No photo is decoded again: this compares descriptors only, so a late joiner of a
-        1,000-photo event is done in well under a second.
-        """
-        assert job.event_id is not None
-        async with self._event_writes(job.event_id) as session:
-            face_rows = await session.execute(
-                select(Face.id, Face.photo_id, Face.descriptor).where(
-                    Face.event_id == job.event_id, Face.descriptor.is_not(None)
-                )
-            )
-            faces = [FaceRow(row.id, row.photo_id, row.descriptor) for row in face_rows]
-            members = await _member_descriptors(session, job.event_id)
-            rejected = await rejections(session, job.event_id)
-            wanted = assign_faces(faces, members, threshold=self._threshold, rejected=rejected)
-            changed = await sync_matches(session, job.event_id, wanted)
-        if changed:
-            await self._on_matches_changed(changed)
-
-
-async def _member_descriptors(session: AsyncSession, event_id: int) -> dict[int, bytes]:
-    rows = await session.execute(
-        select(User.id, User.selfie_descriptor)
-        .join(EventMember, EventMember.user_id == User.id)
-        .where(EventMember.event_id == event_id, User.selfie_descriptor.is_not(None))
-    )
-    return {
-        row.id: bytes(row.selfie_descriptor)
-        for row in rows
-        if len(row.selfie_descriptor) == DESCRIPTOR_BYTES
-    }
 
 
 async def rejections(
@@ -345,19 +181,3 @@ async def sync_matches(
     return {user for _, user in new} | {
         user for (photo, user) in current if (photo, user) not in wanted
     }
-
-
-def expired_events(*, retention_days: int) -> Select[int]:
-    """The ids of the events whose face data is past the retention period."""
-    cutoff = utcnow() - dt.timedelta(days=retention_days)
-    return select(Event.id).where(
-        func.coalesce(Event.date, func.date(Event.created_at)) < cutoff.date()
-    )
-
-
-async def purge_expired_faces(db: Database, *, retention_days: int) -> int:
-    """Delete the face data of events older than the retention period; matches stay."""
-    async with db.transaction() as session:
-        expired = expired_events(retention_days=retention_days)
-        result = await session.execute(delete(Face).where(Face.event_id.in_(expired)))
-    return int(getattr(result, "rowcount", 0) or 0)

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select, update
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from findme.auth import check_origin, hash_password, hash_token, new_api_token, verify_password
+from findme.api_schemas import Body, Reply, ref
+from findme.auth import check_origin, hash_token, new_api_token, verify_password
 from findme.db import ApiToken, Role, User, utcnow
-from findme.errors import AlreadyExists, BadRequest, InvalidCredentials, NotFound
+from findme.domain.accounts import MAX_PASSWORD_CHARS, check_password, create_user
+from findme.domain.events import my_matching
+from findme.domain.views import iso, user_json
+from findme.errors import BadRequest, InvalidCredentials, NotFound
 from findme.routes.common import (
     api,
     app_state,
     client_ip,
     current_principal,
-    iso,
     json_response,
     path_id,
     read_json,
@@ -27,60 +26,25 @@ from findme.routes.common import (
     text_field,
 )
 
-EMAIL_PATTERN = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-MIN_PASSWORD_CHARS = 8
-MAX_PASSWORD_CHARS = 1024
-
-
-def user_json(user: User) -> dict[str, Any]:
-    return {
-        "id": user.id,
-        "email": user.email,
-        "name": user.name,
-        "role": user.role.value,
-        "created_at": iso(user.created_at),
-    }
-
-
-def normalise_email(raw: str) -> str:
-    email = raw.strip().lower()
-    if len(email) > 254 or not EMAIL_PATTERN.match(email):
-        raise BadRequest("Enter a valid email address, like name@example.com.")
-    return email
-
-
-def check_password(password: str) -> str:
-    if len(password) < MIN_PASSWORD_CHARS:
-        raise BadRequest(f"The password must be at least {MIN_PASSWORD_CHARS} characters.")
-    if len(password) > MAX_PASSWORD_CHARS:
-        raise BadRequest(f"The password must be at most {MAX_PASSWORD_CHARS} characters.")
-    return password
-
-
-async def create_user(
-    session: AsyncSession, *, email: str, password: str, name: str, role: Role
-) -> User:
-    """Insert an account; shared by sign-up and `findme create-user`."""
-    email = normalise_email(email)
-    exists = await session.scalar(select(func.count()).where(User.email == email))
-    if exists:
-        raise AlreadyExists("An account with this email already exists. Sign in instead.")
-    user = User(email=email, name=name, password_hash=hash_password(password), role=role)
-    session.add(user)
-    await session.flush()
-    return user
-
 
 @api(
-    "Create an account (attendee, or any role when an admin asks)",
+    "Create an account (attendee, or any role when an admin asks); signs a browser in",
     auth="anyone",
-    body={"email": "string", "password": "string", "name": "string", "role": "string?"},
-    responses={201: "{user}", 400: "invalid field", 409: "email already registered"},
+    body=Body(ref("Registration")),
+    responses={
+        201: Reply("the new account", ref("UserReply")),
+        400: "only an admin can create photographer or admin accounts",
+        409: "an account with this email already exists",
+        429: "too many new accounts from this address; see Retry-After",
+    },
 )
 async def register(request: Request) -> Response:
     state = app_state(request)
     caller = await current_principal(request)
-    if caller is None:
+    # Every caller counts, signed in or not; only admins are free of it: an admin can already
+    # create admins and delete events, so a limit would guard against nothing and would only
+    # get in the way of setting up a team of photographers at once.
+    if caller is None or not caller.is_admin:
         await state.limits.hit("signup_ip", client_ip(request))
     body = await read_json(request)
     email = text_field(body, "email", max_chars=254)
@@ -106,8 +70,12 @@ async def register(request: Request) -> Response:
 @api(
     "Sign in; sets the session cookie",
     auth="anyone",
-    body={"email": "string", "password": "string"},
-    responses={200: "{user, csrf_token}", 401: "wrong email or password"},
+    body=Body(ref("Credentials")),
+    responses={
+        200: Reply("signed in: send csrf_token as x-csrf-token with changes", ref("SignedIn")),
+        401: "wrong email or password",
+        429: "too many attempts from this address or on this account; see Retry-After",
+    },
 )
 async def login(request: Request) -> Response:
     state = app_state(request)
@@ -115,23 +83,51 @@ async def login(request: Request) -> Response:
     body = await read_json(request)
     email = str(body.get("email") or "").strip().lower()[:254]
     password = str(body.get("password") or "")[:MAX_PASSWORD_CHARS]
-    await state.limits.hit("login_ip", client_ip(request))
-    # Guessing one account's password is capped; a real user waits minutes at worst.
-    await state.limits.check("login_account", email)
-    async with state.db.transaction() as session:
-        user = await session.scalar(select(User).where(User.email == email))
-        # The hash is checked even for unknown emails, so timing does not reveal which exist.
-        valid = verify_password(user.password_hash if user else None, password)
-        browser = await state.auth.start_session(session, user) if valid and user else None
-    if browser is None or user is None:
-        await state.limits.hit("login_account", email)
-        raise InvalidCredentials()
+    address = client_ip(request)
+    # One attempt per address at a time: each failure is counted before the next attempt is
+    # checked, so parallel requests cannot slip past the limits together.
+    async with state.limits.one_at_a_time(f"login:{address}"):
+        counters = await _login_counters(request, email=email, address=address)
+        for name, identifiers in counters:
+            await state.limits.check(name, *identifiers)
+        async with state.db.transaction() as session:
+            user = await session.scalar(select(User).where(User.email == email))
+            # The hash is checked even for unknown emails, so timing does not reveal which exist.
+            valid = verify_password(user.password_hash if user else None, password)
+            browser = await state.auth.start_session(session, user) if valid and user else None
+        if browser is None or user is None:
+            for name, identifiers in counters:
+                await state.limits.record(name, *identifiers)
+            raise InvalidCredentials()
+        # The right password: this account's failures from here are forgotten.
+        name, identifiers = counters[0]
+        await state.limits.clear(name, *identifiers)
     response = json_response({"user": user_json(user), "csrf_token": browser.csrf_token})
     state.auth.set_cookie(response, browser, secure=request.url.scheme == "https")
     return response
 
 
-@api("Sign out: ends this browser session everywhere", responses={204: "signed out"})
+async def _login_counters(
+    request: Request, *, email: str, address: str
+) -> list[tuple[str, tuple[str, ...]]]:
+    """The failure counters a sign-in is judged by, the account's own first.
+
+    Failures are counted per account and address, and per address; never per account alone,
+    or anyone could lock anyone out by failing on purpose. A browser that already holds a
+    session of this account is judged by its own failures only, so an attacker sharing its
+    address (a venue's wifi) cannot lock it out either.
+    """
+    holder = await app_state(request).auth.browser_principal(request)
+    if holder is not None and holder.session is not None and holder.user.email == email:
+        return [("login_account", (email, f"session:{holder.session.id}"))]
+    return [("login_account", (email, address)), ("login_ip", (address,))]
+
+
+@api(
+    "Sign out: ends this browser session everywhere",
+    auth="anyone (a session ends; a token stays valid)",
+    responses={204: "signed out", 401: "an unknown or revoked bearer token"},
+)
 async def logout(request: Request) -> Response:
     state = app_state(request)
     principal = await current_principal(request)
@@ -145,8 +141,8 @@ async def logout(request: Request) -> Response:
 
 @api(
     "Create an API token for scripts (shown once)",
-    body={"name": "string"},
-    responses={201: "{token, id, name}"},
+    body=Body(ref("TokenRequest")),
+    responses={201: Reply("the token: send it as Authorization: Bearer", ref("NewToken"))},
 )
 async def create_token(request: Request) -> Response:
     principal = await require_user(request)
@@ -159,7 +155,10 @@ async def create_token(request: Request) -> Response:
     return json_response({"id": row.id, "name": row.name, "token": token}, 201)
 
 
-@api("List my API tokens (never their secret)", responses={200: "{items:[token]}"})
+@api(
+    "List my API tokens (never their secret)",
+    responses={200: Reply("my tokens, oldest first", ref("Tokens"))},
+)
 async def list_tokens(request: Request) -> Response:
     principal = await require_user(request)
     async with app_state(request).db.sessions() as session:
@@ -179,7 +178,10 @@ async def list_tokens(request: Request) -> Response:
     return json_response({"items": items})
 
 
-@api("Revoke one of my API tokens", responses={204: "revoked", 404: "no such token of mine"})
+@api(
+    "Revoke one of my API tokens",
+    responses={204: "revoked", 404: "I have no API token with this id"},
+)
 async def revoke_token(request: Request) -> Response:
     principal = await require_user(request)
     token_id = path_id(request, "token_id")
@@ -191,21 +193,39 @@ async def revoke_token(request: Request) -> Response:
         )
     if not getattr(result, "rowcount", 0):
         raise NotFound("You have no API token with this id.")
+    # Live streams opened with the token end, on every instance.
+    await app_state(request).on_accounts_changed({principal.id})
     return Response(status_code=204)
 
 
-@api("Who I am", responses={200: "{user, has_selfie, consent_at}"})
+@api("Who I am", responses={200: Reply("my account", ref("Me"))})
 async def me(request: Request) -> Response:
     principal = await require_user(request)
     user = principal.user
     return json_response(
         {
             "user": user_json(user),
-            "has_selfie": user.selfie_descriptor is not None,
+            "has_selfie": user.selfie_updated_at is not None,
             "consent_at": iso(user.consent_at),
             "csrf_token": principal.session.csrf_token if principal.session else None,
         }
     )
+
+
+@api(
+    "My matching in each event I joined: still running, or complete",
+    responses={
+        200: Reply("pending: unfinished jobs of mine, over every event I joined", ref("MyStatus"))
+    },
+)
+async def my_status(request: Request) -> Response:
+    principal = await require_user(request)
+    async with app_state(request).db.sessions() as session:
+        events = await my_matching(session, principal.id)
+    pending = sum(
+        (item["matching"] in {"queued", "running"}) + item["photos_pending"] for item in events
+    )
+    return json_response({"pending": pending, "events": events})
 
 
 routes = [
@@ -216,4 +236,5 @@ routes = [
     Route("/api/auth/tokens", list_tokens, methods=["GET"]),
     Route("/api/auth/tokens/{token_id}", revoke_token, methods=["DELETE"]),
     Route("/api/me", me, methods=["GET"]),
+    Route("/api/me/status", my_status, methods=["GET"]),
 ]

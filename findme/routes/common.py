@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
 
+from findme.api_schemas import Body, Operation, Param, Reply
 from findme.auth import Principal, check_csrf
 from findme.db import Role
-from findme.errors import BadRequest, NotSignedIn
+from findme.errors import BadRequest, NotFound, NotSignedIn, UnsupportedMedia
 from findme.services import AppState
 
 MAX_JSON_BYTES = 64 * 1024
+# Our bodies are flat objects. The parser recurses once per level (a RecursionError near 1,000),
+# so the depth is counted before it runs.
+MAX_JSON_DEPTH = 20
+# A string (possibly unterminated, so the scan never backtracks) or a bracket.
+_JSON_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
+# Every id column is a 32-bit integer: a larger id names no row, and the driver refuses it.
+MAX_ID = 2**31 - 1
+_ID_NAMES = {"token_id": "API token"}
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -52,19 +62,97 @@ def client_ip(request: Request) -> str:
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    """The request's JSON object, or a 400 that says what is wrong with it."""
-    body = await request.body()
-    if len(body) > MAX_JSON_BYTES:
-        raise BadRequest("The JSON body is too large.")
+    """The request's JSON object, or a 400 (415 for another media type) that says what is wrong.
+
+    Only application/json is accepted: a cross-site form or a text/plain fetch needs no CORS
+    preflight, so it must not be able to reach a JSON route. Text PostgreSQL cannot store (lone
+    surrogates, NUL) is refused here, before any field reaches the database driver.
+    """
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMedia("Send the body as JSON, with Content-Type: application/json.")
+    body = await _read_body(request, max_bytes=MAX_JSON_BYTES)
     if not body:
         raise BadRequest("Send a JSON object in the request body.")
     try:
-        value = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("The request body is not valid UTF-8 JSON.") from None
+    _check_depth(text)
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
         raise BadRequest("The request body is not valid JSON.") from None
     if not isinstance(value, dict):
         raise BadRequest("Send a JSON object in the request body.")
+    for key, item in value.items():
+        for string in (key, *_strings(item)):
+            _check_storable(string, key)
     return value
+
+
+async def _read_body(request: Request, *, max_bytes: int) -> bytes:
+    """The body, read no further than `max_bytes`: an oversize one is never held in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
+        raise BadRequest("The JSON body is too large.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise BadRequest("The JSON body is too large.")
+    return bytes(body)
+
+
+def _check_depth(text: str) -> None:
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return
+    depth = 0
+    for token in _JSON_TOKENS.findall(text):
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise BadRequest(
+                    f"The JSON body is nested too deeply: at most {MAX_JSON_DEPTH} levels."
+                )
+        elif token in ("]", "}"):
+            depth -= 1
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in a parsed JSON value, keys included (the depth is already bounded)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _check_storable(value: str, name: str) -> None:
+    """Refuse text PostgreSQL cannot store: NUL, and lone surrogates (not encodable as UTF-8)."""
+    if "\x00" not in value and _encodable(value):
+        return
+    # The field's name is echoed only if it is itself sound text (keys are checked too).
+    label = (
+        f"'{name}'" if len(name) <= 64 and "\x00" not in name and _encodable(name) else "A field"
+    )
+    if "\x00" in value:
+        raise BadRequest(f"{label} must not contain control characters such as NUL.")
+    raise BadRequest(f"{label} is not valid Unicode text (it holds a lone surrogate).")
+
+
+def _encodable(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def text_field(
@@ -79,25 +167,60 @@ def text_field(
         raise BadRequest(f"'{name}' is required and must be text.")
     if len(value) > max_chars:
         raise BadRequest(f"'{name}' must be at most {max_chars} characters.")
+    _check_storable(value, name)
     if any(ord(ch) < 32 and ch not in "\t" for ch in value):
         raise BadRequest(f"'{name}' must not contain control characters.")
     return value.strip()
 
 
 def int_param(
-    raw: str | None, name: str, *, default: int | None = None, maximum: int = 2**62
+    raw: str | None,
+    name: str,
+    *,
+    default: int | None = None,
+    minimum: int = 0,
+    maximum: int = MAX_ID,
 ) -> int:
+    """A whole-number query parameter; anything else, or out of range, is a 400.
+
+    Ids given as query parameters (event_id) follow the same rule as cursors and limits: a
+    value no row can have is a malformed request, and the sentence gives the valid range.
+    """
     if raw is None or raw == "":
         if default is None:
             raise BadRequest(f"'{name}' is required.")
         return default
-    if not raw.isdigit() or int(raw) > maximum:
-        raise BadRequest(f"'{name}' must be a whole number from 0 to {maximum}.")
-    return int(raw)
+    value = _whole_number(raw)
+    if value is None or not minimum <= value <= maximum:
+        raise BadRequest(f"'{name}' must be a whole number from {minimum} to {maximum}.")
+    return value
 
 
 def path_id(request: Request, name: str) -> int:
-    return int_param(str(request.path_params[name]), name)
+    """The id in the address; one beyond 32 bits is a 404 like any unknown id."""
+    raw = str(request.path_params[name])
+    found = parse_id(raw)
+    if found is not None:
+        return found
+    if _whole_number(raw) is None:
+        raise BadRequest(f"'{name}' must be a whole number from 0 to {MAX_ID}.")
+    thing = _ID_NAMES.get(name, name.removesuffix("_id").replace("_", " "))
+    raise NotFound(f"There is no {thing} with this id.")
+
+
+def parse_id(raw: str) -> int | None:
+    """The id a text names, or None if no row can have it (not digits, or beyond 32 bits)."""
+    value = _whole_number(raw)
+    return value if value is not None and value <= MAX_ID else None
+
+
+def _whole_number(raw: str) -> int | None:
+    # str.isdigit() also admits '١٢' (which int() reads as 12) and '²' (which it refuses).
+    if not raw.isascii() or not raw.isdigit():
+        return None
+    digits = raw.lstrip("0") or "0"
+    # Past 19 digits it is out of any range here; int() of thousands of digits is slow, or fails.
+    return int(digits) if len(digits) <= 19 else 10**19
 
 
 def iso(value: dt.datetime | dt.date | None) -> str | None:
@@ -116,22 +239,21 @@ def api(
     summary: str,
     *,
     auth: str = "signed in",
-    body: dict[str, Any] | None = None,
-    query: dict[str, str] | None = None,
-    responses: dict[int, str] | None = None,
-    content_type: str = "application/json",
+    body: Body | None = None,
+    query: Mapping[str, Param] | None = None,
+    responses: Mapping[int, Reply | str],
 ) -> Callable[[Endpoint], Endpoint]:
-    """Describe an API endpoint for /openapi.json, next to the code it describes."""
+    """Describe an API endpoint for /openapi.json, next to the code it describes.
+
+    `responses` maps each status to a `Reply` (success: meaning, schema, media type) or, for
+    errors and bodiless answers, a sentence; errors always carry the Error schema.
+    """
+    operation = Operation(
+        summary=summary, auth=auth, body=body, query=query or {}, responses=responses
+    )
 
     def attach(endpoint: Endpoint) -> Endpoint:
-        endpoint.__openapi__ = {  # type: ignore[attr-defined]
-            "summary": summary,
-            "auth": auth,
-            "body": body,
-            "query": query or {},
-            "responses": responses or {200: "OK"},
-            "content_type": content_type,
-        }
+        endpoint.__openapi__ = operation  # type: ignore[attr-defined]
         return endpoint
 
     return attach

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select, text
 from starlette.requests import Request
@@ -9,17 +11,20 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from findme import __version__
+from findme.api_schemas import TEXT, Reply, ref
 from findme.db import Face, FaceMatch, Role
+from findme.domain.queue import queue_figures
 from findme.errors import NotReady
 from findme.metrics import Metrics
 from findme.openapi import openapi_document
-from findme.routes.admin import queue_figures
 from findme.routes.common import api, app_state, json_response, require_user
 
-LOOPBACK = frozenset({"127.0.0.1", "::1"})
 
-
-@api("Liveness: the process answers", auth="anyone")
+@api(
+    "Liveness: the process answers",
+    auth="anyone",
+    responses={200: Reply("alive", ref("Health"))},
+)
 async def healthz(request: Request) -> Response:
     return json_response({"status": "ok"})
 
@@ -27,7 +32,7 @@ async def healthz(request: Request) -> Response:
 @api(
     "Readiness: the database answers and the workers run",
     auth="anyone",
-    responses={200: "ready", 503: "not ready"},
+    responses={200: Reply("ready", ref("Health")), 503: "not ready"},
 )
 async def readyz(request: Request) -> Response:
     state = app_state(request)
@@ -38,21 +43,26 @@ async def readyz(request: Request) -> Response:
         raise NotReady("The database does not answer.") from None
     if state.pipeline is not None and not state.pipeline.running:
         raise NotReady("The photo workers are not running.")
-    return json_response({"status": "ready"})
+    # Which engine and face detector run: a fallback to a weaker detector is never silent.
+    return json_response({"status": "ready", **state.engine.describe()})
 
 
 @api(
     "Prometheus metrics",
-    auth="admin, or any caller on this machine",
-    responses={200: "Prometheus text format", 403: "not allowed"},
-    content_type="text/plain",
+    auth="admin (session or API token), or the scrape token as a bearer token",
+    responses={
+        200: Reply("the Prometheus text format", TEXT, media_type="text/plain"),
+        403: "not an admin",
+    },
 )
 async def metrics(request: Request) -> Response:
+    # No exemption by address: behind a reverse proxy every request comes from the proxy's
+    # address, and X-Forwarded-For, X-Real-IP and Forwarded are whatever the client wrote.
     state = app_state(request)
-    local = request.client is not None and request.client.host in LOOPBACK
-    if not local:
-        await require_user(request, Role.admin)
     collected: Metrics = request.state.metrics
+    authorization = request.headers.get("authorization", "")
+    if not scrape_token_matches(authorization, collected.scrape_token):
+        await require_user(request, Role.admin)
     async with state.db.sessions() as session:
         figures = await queue_figures(session)
         faces = await session.scalar(select(func.count()).select_from(Face))
@@ -68,7 +78,21 @@ async def metrics(request: Request) -> Response:
     return Response(collected.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-@api("This description", auth="anyone")
+def scrape_token_matches(authorization: str, scrape_token: str | None) -> bool:
+    """Whether an Authorization header carries the scrape token (compared in constant time)."""
+    if not scrape_token:
+        return False
+    scheme, _, sent = authorization.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        sent.strip().encode(), scrape_token.encode()
+    )
+
+
+@api(
+    "This description",
+    auth="anyone",
+    responses={200: Reply("OpenAPI 3.1", {"type": "object"})},
+)
 async def openapi(request: Request) -> Response:
     return json_response(openapi_document(request.app.routes, version=__version__))
 

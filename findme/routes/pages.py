@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -15,12 +14,14 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from findme.auth import Principal
-from findme.db import Event, EventMember, FaceMatch, Role
+from findme.db import EventMember, Role, User
+from findme.domain import events as event_domain
+from findme.domain import oversight
+from findme.domain.access import event_for
+from findme.domain.accounts import MAX_SELFIES, consent_text, list_selfies
+from findme.domain.photos import latest_match_id
 from findme.errors import Forbidden, NotFound
-from findme.routes.common import app_state, current_principal, path_id, require_user
-from findme.routes.events import event_for, progress
-from findme.routes.live import join_url
-from findme.routes.privacy import consent_text
+from findme.routes.common import app_state, current_principal, parse_id, path_id, require_user
 
 ROOT = Path(__file__).resolve().parents[2]
 templates = Jinja2Templates(directory=ROOT / "templates")
@@ -111,15 +112,28 @@ async def error_page(request: Request, *, status_code: int, detail: str) -> Resp
     )
 
 
+# An admin's home page lists this many of the newest events; the admin page pages through all.
+ADMIN_HOME_EVENTS = 50
+
+
 async def _events_of(session: AsyncSession, principal: Principal) -> list[dict[str, Any]]:
-    member_of = select(EventMember.event_id).where(EventMember.user_id == principal.id)
-    rows = await session.scalars(
-        select(Event)
-        .where(or_(Event.organiser_id == principal.id, Event.id.in_(member_of)))
-        .order_by(Event.id.desc())
-    )
+    rows = await event_domain.events_of(session, principal.id)
     return [
         {"event": row, "organiser": row.organiser_id == principal.id, "date": _date(row.date)}
+        for row in rows
+    ]
+
+
+async def _every_event(session: AsyncSession, principal: Principal) -> list[dict[str, Any]]:
+    """An admin's home page: the newest events of everyone, each with its organiser."""
+    rows = await oversight.all_events(session, before=None, limit=ADMIN_HOME_EVENTS + 1)
+    return [
+        {
+            "event": row,
+            "organiser": row["organiser_id"] == principal.id,
+            "organiser_name": row["organiser"]["name"],
+            "date": _date(dt.date.fromisoformat(row["date"])) if row["date"] else "",
+        }
         for row in rows
     ]
 
@@ -139,15 +153,20 @@ async def home(request: Request) -> Response:
             erased=request.query_params.get("erased") == "1",
         )
     async with app_state(request).db.sessions() as session:
-        events = await _events_of(session, principal)
+        if principal.is_admin:
+            events = await _every_event(session, principal)
+        else:
+            events = await _events_of(session, principal)
     return render(
         request,
         "home.html",
         principal,
-        title="Your events",
-        events=events,
+        title="Every event" if principal.is_admin else "Your events",
+        events=events[:ADMIN_HOME_EVENTS],
+        more_events=len(events) > ADMIN_HOME_EVENTS,
         can_create=principal.is_admin or principal.user.role == Role.photographer,
-        has_selfie=principal.user.selfie_descriptor is not None,
+        has_selfie=principal.user.selfie_updated_at is not None,
+        event_deleted=request.query_params.get("deleted") == "1",
     )
 
 
@@ -170,6 +189,8 @@ async def register(request: Request) -> Response:
 async def selfie(request: Request) -> Response:
     principal = await require_user(request)
     user = principal.user
+    async with app_state(request).db.sessions() as session:
+        selfies = await list_selfies(session, user.id)
     return render(
         request,
         "selfie.html",
@@ -177,25 +198,46 @@ async def selfie(request: Request) -> Response:
         title="Your selfie",
         next=safe_next(request.query_params.get("next"), default=""),
         consent=consent_text(app_state(request).settings),
-        has_selfie=user.selfie_descriptor is not None,
+        selfies=selfies,
+        max_selfies=MAX_SELFIES,
         selfie_date=_date(user.selfie_updated_at.date()) if user.selfie_updated_at else "",
     )
 
 
 async def join_form(request: Request) -> Response:
-    code = request.query_params.get("code", "").upper().replace(" ", "").replace("-", "")
-    if not code.isalnum():
-        return RedirectResponse("/", status_code=303)
-    return RedirectResponse(f"/join/{quote(code)}", status_code=303)
+    typed = request.query_params.get("code", "")
+    code = event_domain.normalise_code(typed)
+    if code.isalnum():
+        return RedirectResponse(f"/join/{quote(code)}", status_code=303)
+    detail = (
+        "Type the event code: it is printed under the event's QR code."
+        if not code
+        else "An event code has only letters and digits, like ABCD2345. Check it and try again."
+    )
+    return await _code_page(request, typed=typed, detail=detail, status_code=400)
+
+
+async def _code_page(request: Request, *, typed: str, detail: str, status_code: int) -> Response:
+    """The code as typed, what is wrong with it, and a field to type it again."""
+    return render(
+        request,
+        "join_code.html",
+        await current_principal(request),
+        status_code=status_code,
+        title="Check the event code",
+        typed=typed[:32],
+        detail=detail,
+    )
 
 
 async def join(request: Request) -> Response:
     principal = await require_user(request)
-    code = str(request.path_params["code"]).upper().replace("-", "")
+    code = str(request.path_params["code"])
     async with app_state(request).db.sessions() as session:
-        event = await session.scalar(select(Event).where(Event.code == code))
-        if event is None:
-            raise NotFound("No event has this code. Check the code on the poster or QR link.")
+        try:
+            event = await event_domain.event_by_code(session, code)
+        except NotFound as error:
+            return await _code_page(request, typed=code, detail=error.detail, status_code=404)
         member = await session.get(EventMember, (event.id, principal.id))
     return render(
         request,
@@ -206,7 +248,7 @@ async def join(request: Request) -> Response:
         date=_date(event.date),
         joined=member is not None or event.organiser_id == principal.id,
         organiser=event.organiser_id == principal.id,
-        has_selfie=principal.user.selfie_descriptor is not None,
+        has_selfie=principal.user.selfie_updated_at is not None,
     )
 
 
@@ -217,28 +259,26 @@ async def _photo_page(request: Request, principal: Principal) -> dict[str, Any] 
     async with state.db.sessions() as session:
         events = await _events_of(session, principal)
         if raw:
-            if not raw.isdigit():
+            event_id = parse_id(raw)
+            if event_id is None:
                 raise NotFound("There is no event with this id.")
-            event, role = await event_for(state, session, principal, int(raw))
+            event, role = await event_for(state, session, principal, event_id)
         elif len(events) == 1:
             return RedirectResponse(
                 f"{request.url.path}?event_id={events[0]['event'].id}", status_code=303
             )
         else:
             event, role = None, ""
-        after = await session.scalar(
-            select(func.max(FaceMatch.id)).where(
-                FaceMatch.user_id == principal.id,
-                *([FaceMatch.event_id == event.id] if event is not None else []),
-            )
+        after = await latest_match_id(
+            session, user_id=principal.id, event_id=event.id if event is not None else None
         )
     return {
         "event": event,
         "role": role,
         "date": _date(event.date) if event is not None else "",
         "events": events,
-        "after": after or 0,
-        "has_selfie": principal.user.selfie_descriptor is not None,
+        "after": after,
+        "has_selfie": principal.user.selfie_updated_at is not None,
     }
 
 
@@ -247,7 +287,14 @@ async def my_photos(request: Request) -> Response:
     found = await _photo_page(request, principal)
     if isinstance(found, Response):
         return found
-    return render(request, "my_photos.html", principal, title="My photos", **found)
+    return render(
+        request,
+        "my_photos.html",
+        principal,
+        title="My photos",
+        max_selfies=MAX_SELFIES,
+        **found,
+    )
 
 
 async def gallery(request: Request) -> Response:
@@ -263,8 +310,10 @@ async def event_page(request: Request) -> Response:
     state = app_state(request)
     async with state.db.sessions() as session:
         event, role = await event_for(state, session, principal, path_id(request, "event_id"))
-        figures = await progress(session, event.id)
-        members = await session.scalar(select(func.count()).where(EventMember.event_id == event.id))
+        figures = await event_domain.progress(session, event.id)
+        members = (await event_domain.counts(session, event.id))["members"]
+        photos = await oversight.photo_counts(session, event.id)
+        organiser = await session.get(User, event.organiser_id)
     return render(
         request,
         "event.html",
@@ -272,10 +321,13 @@ async def event_page(request: Request) -> Response:
         title=event.name,
         event=event,
         date=_date(event.date),
+        role=role,
         manage=role in {"organiser", "admin"},
-        join_url=join_url(request, event.code),
+        organiser_name=organiser.name if organiser is not None else "",
+        join_url=event_domain.join_url(str(request.base_url), event.code),
         progress=figures,
-        members=members or 0,
+        photos=photos,
+        members=members,
     )
 
 
@@ -297,7 +349,7 @@ async def account(request: Request) -> Response:
         "account.html",
         principal,
         title="Your account",
-        has_selfie=user.selfie_descriptor is not None,
+        has_selfie=user.selfie_updated_at is not None,
         consent_date=_date(user.consent_at.date()) if user.consent_at else "",
         organiser=user.role != Role.attendee,
     )

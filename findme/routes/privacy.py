@@ -6,66 +6,40 @@ import asyncio
 
 import aiofiles
 import aiofiles.os
-from sqlalchemy import delete, select, update
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from findme import jobs
-from findme.db import Event, EventMember, Photo, User, utcnow
-from findme.errors import BadRequest, TooLarge, Unprocessable
-from findme.images import prepare_upload
-from findme.recognition import UnreadableImage
-from findme.routes.common import api, app_state, iso, json_response, require_user
-from findme.settings import Settings
+from findme.api_schemas import BINARY, Body, Reply, ref
+from findme.domain.accounts import (
+    MAX_SELFIES,
+    add_selfie,
+    consent_text,
+    erase_user,
+    list_selfies,
+    remove_selfie,
+    selfie_image,
+    set_selfie,
+)
+from findme.domain.views import iso
+from findme.errors import BadRequest, TooLarge
+from findme.images import prepare_upload, thumbnail_of
+from findme.routes.common import api, app_state, json_response, path_id, require_user
 from findme.uploads import receive_files
 
 CONSENT_VALUES = frozenset({"true", "1", "yes", "on"})
-
-
-def consent_text(settings: Settings) -> str:
-    """What the selfie page asks the attendee to agree to."""
-    return (
-        "FindMe turns your selfie into a face descriptor (biometric data) and compares it with "
-        "the faces in the photos of the events you join, only to show you the photos you appear "
-        "in. Face data found in event photos is deleted "
-        f"{settings.retention_days} days after the event. Your selfie and its descriptor stay "
-        'until you erase them: "Erase my data" on your account page deletes them at once.'
-    )
+# The selfie page shows them as 96 px circles; twice that for sharp phone screens.
+SELFIE_THUMBNAIL_PX = 192
 
 
 class ConsentRequired(BadRequest):
     code = "consent_required"
 
 
-class NoFace(Unprocessable):
-    """No face was found in this photo. Take a selfie facing the camera, in good light."""
-
-    code = "no_face"
-
-
-class SeveralFaces(Unprocessable):
-    """This photo shows several faces. Take a selfie with only your face in it."""
-
-    code = "several_faces"
-
-
-@api(
-    "Set or replace my selfie (consent required); re-matches me in every event",
-    content_type="multipart/form-data",
-    body={"file": "binary", "consent": "string"},
-    responses={
-        200: "{has_selfie, consent_at}",
-        400: "no consent, no file, or unreadable file",
-        413: "too large",
-        415: "not an image",
-        422: "no_face or several_faces",
-    },
-)
-async def put_selfie(request: Request) -> Response:
-    principal = await require_user(request)
+async def _received_selfie(request: Request, *, user_id: int) -> bytes:
+    """The selfie of a multipart request (field `file`), with consent (field `consent`)."""
     state = app_state(request)
-    await state.limits.hit("selfie", str(principal.id))
+    await state.limits.hit("selfie", str(user_id))
     settings = state.settings
     fields: dict[str, str] = {}
     received = []
@@ -96,42 +70,100 @@ async def put_selfie(request: Request) -> Response:
             thumbnail_px=settings.thumbnail_px,
         )
         async with aiofiles.open(selfie.path, "rb") as source:
-            data = await source.read()
+            return await source.read()
     finally:
         for upload in received:
             await aiofiles.os.remove(upload.path)
-    try:
-        analysis = await state.recognizer.analyse_selfie(data)
-    except UnreadableImage as error:
-        raise BadRequest(str(error)) from None
-    if not analysis.faces:
-        raise NoFace()
-    if len(analysis.faces) > 1:
-        raise SeveralFaces()
-    now = utcnow()
-    async with state.db.transaction() as session:
-        if state.rekognition is not None:
-            # The old selfie's faces go; the match jobs below index the new one.
-            await state.rekognition.forget_selfie(session, principal.id)
-        await session.execute(
-            update(User)
-            .where(User.id == principal.id)
-            .values(
-                selfie=data,
-                selfie_descriptor=analysis.faces[0].descriptor,
-                selfie_updated_at=now,
-                consent_at=now,
-            )
+
+
+_SELFIE = Body(ref("SelfieUpload"), media_type="multipart/form-data")
+_SELFIE_ERRORS: dict[int, Reply | str] = {
+    400: "no consent (consent_required), no file, or a damaged file",
+    413: "too large",
+    415: "not a supported image type",
+    422: "no_face or several_faces",
+    429: "too many selfies; see Retry-After",
+}
+
+
+@api(
+    "Set my selfie, replacing any others (consent required); re-matches me in every event",
+    body=_SELFIE,
+    responses={200: Reply("my selfie is set", ref("SelfieSet")), **_SELFIE_ERRORS},
+)
+async def put_selfie(request: Request) -> Response:
+    principal = await require_user(request)
+    data = await _received_selfie(request, user_id=principal.id)
+    consent_at = await set_selfie(app_state(request), user_id=principal.id, data=data)
+    return json_response({"has_selfie": True, "consent_at": iso(consent_at)})
+
+
+@api(
+    f"Add one more selfie, up to {MAX_SELFIES} (consent required); matching takes the nearest",
+    body=_SELFIE,
+    responses={
+        201: Reply("my selfies now", ref("SelfieAdded")),
+        409: f"{MAX_SELFIES} selfies already",
+        **_SELFIE_ERRORS,
+    },
+)
+async def add_my_selfie(request: Request) -> Response:
+    principal = await require_user(request)
+    state = app_state(request)
+    data = await _received_selfie(request, user_id=principal.id)
+    consent_at = await add_selfie(state, user_id=principal.id, data=data)
+    async with state.db.sessions() as session:
+        items = await list_selfies(session, principal.id)
+    return json_response({"items": items, "consent_at": iso(consent_at)}, 201)
+
+
+@api("My selfies (never anyone else's)", responses={200: Reply("oldest first", ref("Selfies"))})
+async def my_selfies(request: Request) -> Response:
+    principal = await require_user(request)
+    async with app_state(request).db.sessions() as session:
+        items = await list_selfies(session, principal.id)
+    return json_response({"items": items})
+
+
+@api(
+    "One of my selfies, as a small JPEG for my selfie page",
+    responses={
+        200: Reply(
+            "a JPEG around the face",
+            BINARY,
+            media_type="image/jpeg",
+            headers={"Cache-Control": "private, no-store"},
+        ),
+        404: "I have no selfie with this id",
+    },
+)
+async def my_selfie_image(request: Request) -> Response:
+    principal = await require_user(request)
+    async with app_state(request).db.sessions() as session:
+        data, face = await selfie_image(
+            session, user_id=principal.id, selfie_id=path_id(request, "selfie_id")
         )
-        event_ids = await session.scalars(
-            select(EventMember.event_id).where(EventMember.user_id == principal.id)
-        )
-        for event_id in event_ids:
-            await jobs.enqueue_member_match(session, event_id=event_id, user_id=principal.id)
-    await state.on_accounts_changed({principal.id})
-    if state.pipeline is not None:
-        state.pipeline.notify()
-    return json_response({"has_selfie": True, "consent_at": iso(now)})
+    thumbnail = await asyncio.to_thread(
+        thumbnail_of, data, size_px=SELFIE_THUMBNAIL_PX, around=face
+    )
+    # Biometric data: kept by no cache, sniffed as nothing but an image.
+    return Response(
+        thumbnail,
+        media_type="image/jpeg",
+        headers={"Cache-Control": "private, no-store", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+@api(
+    "Remove one of my selfies; re-matches me with those left (none left: my matches go)",
+    responses={204: "removed", 404: "I have no selfie with this id"},
+)
+async def delete_my_selfie(request: Request) -> Response:
+    principal = await require_user(request)
+    await remove_selfie(
+        app_state(request), user_id=principal.id, selfie_id=path_id(request, "selfie_id")
+    )
+    return Response(status_code=204)
 
 
 @api(
@@ -141,24 +173,7 @@ async def put_selfie(request: Request) -> Response:
 async def erase_me(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
-    async with state.db.transaction() as session:
-        if state.rekognition is not None:
-            # Faces in the cloud go first: if AWS fails, nothing is deleted and erasure can be
-            # asked again.
-            await state.rekognition.forget_user(session, principal.id)
-        organised_photos = list(
-            await session.scalars(
-                select(Photo.id)
-                .join(Event, Event.id == Photo.event_id)
-                .where(Event.organiser_id == principal.id)
-            )
-        )
-        # Rows that reference the user go with it (ON DELETE CASCADE): sessions, tokens,
-        # memberships, matches, "not me" rejections, and events the user organised.
-        await session.execute(delete(User).where(User.id == principal.id))
-    await state.on_accounts_changed({principal.id})
-    await state.on_matches_changed({principal.id})
-    await state.storage.delete(organised_photos)
+    await erase_user(state, principal.id)
     response = Response(status_code=204)
     state.auth.clear_cookie(response)
     return response
@@ -166,5 +181,9 @@ async def erase_me(request: Request) -> Response:
 
 routes = [
     Route("/api/me/selfie", put_selfie, methods=["PUT"]),
+    Route("/api/me/selfies", my_selfies, methods=["GET"]),
+    Route("/api/me/selfies", add_my_selfie, methods=["POST"]),
+    Route("/api/me/selfies/{selfie_id}/image", my_selfie_image, methods=["GET"]),
+    Route("/api/me/selfies/{selfie_id}", delete_my_selfie, methods=["DELETE"]),
     Route("/api/me", erase_me, methods=["DELETE"]),
 ]

@@ -1,35 +1,16 @@
-"""Where photo bytes live: in the database by default (S3 is the alternative engine)."""
+"""Photo bytes in the photos table's deferred columns: the default storage."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from contextlib import AsyncExitStack
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme.db import Database, Photo
-
-CHUNK_BYTES = 256 * 1024
-
-
-class PhotoStorage(Protocol):
-    async def save(
-        self, session: AsyncSession, *, photo_id: int, original: bytes, thumbnail: bytes
-    ) -> None:
-        """Store a new photo's bytes as part of the transaction that inserts its row."""
-
-    def stream_original(self, photo_id: int, *, size_bytes: int) -> AsyncIterator[bytes]:
-        """The original in bounded chunks."""
-
-    async def read_original(self, photo_id: int) -> bytes:
-        """The whole original, for the pipeline."""
-
-    async def read_thumbnail(self, photo_id: int) -> bytes | None:
-        """The grid thumbnail."""
-
-    async def delete(self, photo_ids: list[int]) -> None:
-        """Forget these photos' bytes (rows are deleted by the caller)."""
+from findme.settings import Settings
+from findme.storage.base import CHUNK_BYTES, PhotoStorage
 
 
 class DatabaseStorage:
@@ -72,3 +53,7 @@ class DatabaseStorage:
 
     async def delete(self, photo_ids: list[int]) -> None:
         """The bytes go with the rows."""
+
+
+async def open_storage(stack: AsyncExitStack, settings: Settings, *, db: Database) -> PhotoStorage:
+    return DatabaseStorage(db)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from typing import Any
 
 import aioboto3  # type: ignore[import-untyped]
@@ -21,9 +21,10 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from findme.db import Database
 from findme.errors import StorageError
 from findme.settings import Settings
-from findme.storage import CHUNK_BYTES
+from findme.storage.base import CHUNK_BYTES, PhotoStorage
 
 logger = logging.getLogger(__name__)
 
@@ -195,3 +196,12 @@ def _describe(error: Exception) -> str:
         details = error.response.get("Error", {})
         return f"{details.get('Code', '')}: {details.get('Message', '')}".strip(": ")
     return str(error)
+
+
+async def open_storage(stack: AsyncExitStack, settings: Settings, *, db: Database) -> PhotoStorage:
+    """One long-lived client per process, closed after the storage's pending clean-ups."""
+    aws = aioboto3.Session(region_name=settings.aws_region)
+    client = await stack.enter_async_context(open_client(aws, settings))
+    storage = S3Storage(client=client, bucket=settings.s3_bucket, prefix=settings.s3_prefix)
+    stack.push_async_callback(storage.aclose)  # before its client closes
+    return storage

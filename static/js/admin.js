@@ -1,5 +1,6 @@
-// The admin page: queue figures and cache hit rates (polled), failed jobs with retry.
-import { api, el, handleSignedOut, plural, toast } from "./common.js";
+// The admin page: queue figures, timings and cache hit rates (polled), failed jobs with retry
+// (one or all), and every event and account, paged.
+import { api, busy, el, handleSignedOut, plural, toast } from "./common.js";
 
 const REFRESH_MS = 3000;
 const errorBox = document.getElementById("admin-error");
@@ -16,10 +17,12 @@ function renderStats({ queue, cache }) {
   for (const node of document.querySelectorAll("#queue [data-k]")) {
     node.textContent = queue[node.dataset.k] ?? 0;
   }
+  // Red only when something failed: a red 0 reads as an alarm.
+  document.getElementById("failed-figure").classList.toggle("bad", queue.total_failed > 0);
   document.getElementById("workers").textContent = `${queue.workers_active ?? 0} of ${plural(queue.workers ?? 0, "worker")} busy`;
   document.getElementById("enqueued").textContent = `${queue.total_enqueued} jobs enqueued in all.`;
 
-  const timings = Object.entries(queue.timings || {});
+  const timings = Object.entries(queue.timings || {}).filter(([, t]) => t.count > 0);
   const tbody = document.getElementById("timings");
   if (timings.length) {
     tbody.replaceChildren(
@@ -65,23 +68,34 @@ function renderFailed(items) {
   const key = JSON.stringify(items.map((job) => [job.id, job.attempts, job.error]));
   if (key === lastFailed) return;
   lastFailed = key;
-  document.getElementById("failed-count").textContent = String(items.length);
+  const badge = document.getElementById("failed-count");
+  badge.textContent = String(items.length);
+  badge.className = items.length ? "badge badge-danger" : "badge";
+  document.getElementById("retry-all").hidden = items.length === 0;
   document.getElementById("no-failed").hidden = items.length > 0;
   document.getElementById("failed").replaceChildren(
     ...items.map((job) => {
       const retry = el("button", { class: "btn btn-sm", type: "button", text: "Retry" });
       retry.addEventListener("click", () => retryJob(job.id, retry));
-      const what = job.photo_id ? `photo ${job.photo_id}` : job.user_id ? `attendee ${job.user_id}` : "";
+      // What a person recognises: the file and the event, or the attendee; ids come second.
+      const subject =
+        job.kind === "process_photo"
+          ? job.filename || `Photo ${job.photo_id ?? ""} (deleted)`
+          : `Matching ${job.user_name || `attendee ${job.user_id}`}`;
+      const where = job.event_id
+        ? el("a", { href: `/events/${job.event_id}`, text: job.event_name || `event ${job.event_id}` })
+        : null;
       return el(
         "li",
         { class: "job", "data-job-id": String(job.id) },
         el(
           "div",
-          {},
-          el("strong", { text: `Job ${job.id} · ${job.kind.replace("_", " ")}` }),
+          { class: "job-head" },
+          el("strong", { class: "job-subject", text: subject }),
+          where ? el("span", { class: "job-event" }, " in ", where) : null,
           el("div", {
             class: "muted small",
-            text: [what, job.event_id ? `event ${job.event_id}` : "", plural(job.attempts, "attempt"), job.finished_at ? new Date(job.finished_at).toLocaleString() : ""]
+            text: [`Job ${job.id}`, job.kind.replace("_", " "), plural(job.attempts, "attempt"), job.finished_at ? new Date(job.finished_at).toLocaleString() : ""]
               .filter(Boolean)
               .join(" · "),
           }),
@@ -92,6 +106,18 @@ function renderFailed(items) {
     }),
   );
 }
+
+document.getElementById("retry-all").addEventListener("click", async (event) => {
+  const button = event.currentTarget;
+  try {
+    const { retried } = await busy(button, "Queuing…", () => api("/api/admin/jobs/retry-failed", { method: "POST" }));
+    toast(`${plural(retried, "failed job")} queued again.`);
+  } catch (error) {
+    if (!handleSignedOut(error)) toast(error.detail, "error");
+    return;
+  }
+  refresh();
+});
 
 async function retryJob(jobId, button) {
   button.disabled = true;
@@ -140,6 +166,82 @@ document.getElementById("clear-caches").addEventListener("click", async (event) 
   } finally {
     button.disabled = false;
   }
+});
+
+// Every event and every account, newest first, a page at a time.
+function pagedTable({ url, body, more, row, empty, columns }) {
+  let cursor = null;
+  let first = true;
+  async function load() {
+    const params = new URLSearchParams({ limit: "25" });
+    if (cursor) params.set("cursor", cursor);
+    let page;
+    try {
+      page = await busy(more, "Loading…", () => api(`${url}?${params}`));
+    } catch (error) {
+      if (!handleSignedOut(error)) toast(error.detail, "error");
+      return;
+    }
+    const rows = page.items.map(row);
+    if (first) {
+      body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: String(columns), class: "muted", text: empty }))]));
+    } else {
+      body.append(...rows);
+    }
+    first = false;
+    cursor = page.next_cursor;
+    more.hidden = !cursor;
+  }
+  more.addEventListener("click", load);
+  load();
+}
+
+function shortDate(value) {
+  return value ? new Date(value).toLocaleDateString(undefined, { day: "numeric", month: "short", year: "numeric" }) : "";
+}
+
+pagedTable({
+  url: "/api/admin/events",
+  body: document.getElementById("events"),
+  more: document.getElementById("more-events"),
+  empty: "No event yet.",
+  columns: 5,
+  row: (event) =>
+    el(
+      "tr",
+      { "data-event-id": String(event.id) },
+      el("td", {}, el("a", { href: `/events/${event.id}`, text: event.name }), el("div", { class: "muted small mono", text: event.code })),
+      el("td", { class: "wide-only" }, el("div", { text: event.organiser.name }), el("div", { class: "muted small", text: event.organiser.email })),
+      el("td", { class: "wide-only", text: event.date ? shortDate(event.date) : "–" }),
+      el("td", { class: "num", text: String(event.counts.photos) }),
+      el("td", { class: "num", text: String(event.counts.members) }),
+    ),
+});
+
+pagedTable({
+  url: "/api/admin/users",
+  body: document.getElementById("users"),
+  more: document.getElementById("more-users"),
+  empty: "No account yet.",
+  columns: 7,
+  row: (user) =>
+    el(
+      "tr",
+      { "data-user-id": String(user.id) },
+      el(
+        "td",
+        {},
+        el("div", { text: user.name }),
+        el("div", { class: "muted small narrow-only cell-wrap", text: user.email }),
+        el("div", { class: "muted small narrow-only", text: `${user.events_organised} organised · ${user.events_joined} joined` }),
+      ),
+      el("td", { class: "wide-only", text: user.email }),
+      el("td", {}, el("span", { class: user.role === "admin" ? "badge badge-primary" : "badge", text: user.role })),
+      el("td", { class: "wide-only", text: user.has_selfie ? "Yes" : "No" }),
+      el("td", { class: "num wide-only", text: String(user.events_organised) }),
+      el("td", { class: "num wide-only", text: String(user.events_joined) }),
+      el("td", { class: "wide-only", text: shortDate(user.created_at) }),
+    ),
 });
 
 refresh();

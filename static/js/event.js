@@ -1,6 +1,7 @@
 // The organiser's event page: parallel batched uploads with progress and retries, processing
-// progress, and the join link.
-import { csrfToken, el, formatBytes, loginUrl, plural, toast } from "./common.js";
+// progress with failures and their retry, the event's photos (status, reason, delete), the join
+// link, and deleting the event.
+import { api, busy, csrfToken, el, formatBytes, handleSignedOut, loginUrl, plural, showError, toast } from "./common.js";
 
 const root = document.getElementById("event");
 const eventId = root.dataset.eventId;
@@ -227,17 +228,30 @@ input.addEventListener("change", () => {
   input.value = "";
 });
 
-for (const name of ["dragenter", "dragover"]) {
-  dropzone.addEventListener(name, (event) => {
-    event.preventDefault();
-    dropzone.classList.add("over");
-  });
+// The zone lights up while files are dragged over it; its children fire their own enter and
+// leave events, so the highlight follows a count rather than each event.
+let dragDepth = 0;
+function dragging(over) {
+  dropzone.classList.toggle("over", over);
 }
-for (const name of ["dragleave", "drop"]) {
-  dropzone.addEventListener(name, () => dropzone.classList.remove("over"));
-}
+dropzone.addEventListener("dragenter", (event) => {
+  event.preventDefault();
+  dragDepth += 1;
+  dragging(true);
+});
+dropzone.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  if (event.dataTransfer) event.dataTransfer.dropEffect = "copy";
+  dragging(true);
+});
+dropzone.addEventListener("dragleave", () => {
+  dragDepth = Math.max(0, dragDepth - 1);
+  if (!dragDepth) dragging(false);
+});
 dropzone.addEventListener("drop", (event) => {
   event.preventDefault();
+  dragDepth = 0;
+  dragging(false);
   addFiles(event.dataTransfer.files);
 });
 // A file dropped beside the zone must not replace the page.
@@ -251,7 +265,209 @@ window.addEventListener("beforeunload", (event) => {
   }
 });
 
-// Processing progress: polled while there is work, until the event is complete.
+// The event's photos as stored: status and reason for each, paged, filtered, deletable.
+const photoList = (() => {
+  // ?limit= on the page's address sets the page size (1-200), as on the photo grids.
+  const PAGE = Math.min(200, Math.max(1, Number(new URLSearchParams(location.search).get("limit")) || 30));
+  const list = document.getElementById("photo-list");
+  const more = document.getElementById("more-photos");
+  const empty = document.getElementById("photos-empty");
+  const total = document.getElementById("photos-total");
+  const filters = document.getElementById("photo-filters");
+  let filter = "";
+  let items = [];
+  let cursor = null;
+  let counts = null;
+  let generation = 0; // answers to an older filter or refresh are dropped
+
+  function url(limit, after) {
+    const params = new URLSearchParams({ limit: String(limit) });
+    if (filter) params.set("status", filter);
+    if (after) params.set("cursor", after);
+    return `/api/events/${eventId}/photos?${params}`;
+  }
+
+  function uploadedAt(item) {
+    const when = new Date(item.uploaded_at);
+    const today = when.toDateString() === new Date().toDateString();
+    return today
+      ? `at ${when.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" })}`
+      : `on ${when.toLocaleDateString(undefined, { day: "numeric", month: "short" })}`;
+  }
+
+  function describe(item) {
+    const job = item.job;
+    const retrying = job && job.status === "queued" && job.attempts > 0 && job.error;
+    switch (item.status) {
+      case "done":
+        return ["badge-success", "Done", plural(item.faces, "face") + " found"];
+      case "no_faces":
+        return ["", "No faces", "No face large enough to recognise: nobody is matched to it."];
+      case "failed":
+        return [
+          "badge-danger",
+          "Failed",
+          (job && job.error ? job.error : "No reason was recorded.") +
+            (job ? ` (after ${plural(job.attempts, "attempt")})` : ""),
+        ];
+      case "processing":
+        return ["badge-warning", "Processing", "Finding faces…"];
+      default:
+        return retrying
+          ? ["badge-warning", "Retrying", `Attempt ${job.attempts} of ${job.max_attempts} failed: ${job.error}`]
+          : ["", "Waiting", `Uploaded ${uploadedAt(item)} · waiting its turn`];
+    }
+  }
+
+  function row(item) {
+    const [badgeClass, label, detail] = describe(item);
+    const remove = el("button", { class: "btn btn-sm btn-ghost row-delete", type: "button", text: "Delete", "aria-label": `Delete ${item.filename}` });
+    remove.addEventListener("click", () => confirmDelete(node, item));
+    const node = el(
+      "li",
+      { class: "photo-row", "data-photo-id": String(item.id), "data-status": item.status, "data-filename": item.filename },
+      el(
+        "a",
+        { class: "row-thumb", href: item.image_url, target: "_blank", rel: "noopener", "aria-label": `Open ${item.filename}` },
+        el("img", { src: item.thumb_url, alt: "", decoding: "async", width: "56", height: "56" }),
+      ),
+      el(
+        "div",
+        { class: "row-main" },
+        el("div", { class: "row-head" }, el("span", { class: "row-name", title: item.filename, text: item.filename }), el("span", { class: `badge ${badgeClass}`, "data-badge": "", text: label })),
+        el("p", { class: item.status === "failed" ? "row-detail row-reason" : "row-detail", "data-detail": "", text: detail }),
+      ),
+      el("div", { class: "row-actions" }, remove),
+    );
+    return node;
+  }
+
+  function confirmDelete(node, item) {
+    if (node.querySelector(".row-confirm")) return;
+    const yes = el("button", { class: "btn btn-sm btn-danger", type: "button", text: "Delete" });
+    const no = el("button", { class: "btn btn-sm", type: "button", text: "Keep" });
+    const box = el(
+      "div",
+      { class: "row-confirm", role: "group", "aria-label": `Delete ${item.filename}?` },
+      el("span", { text: "Delete it for everyone, with its matches?" }),
+      el("div", { class: "btn-row" }, yes, no),
+    );
+    no.addEventListener("click", () => {
+      box.remove();
+      node.querySelector(".row-delete").focus();
+    });
+    yes.addEventListener("click", async () => {
+      try {
+        await busy(yes, "Deleting…", () => api(`/api/photo/${item.id}`, { method: "DELETE" }));
+      } catch (error) {
+        if (!handleSignedOut(error)) toast(error.detail, "error");
+        return;
+      }
+      items = items.filter((other) => other.id !== item.id);
+      node.remove();
+      toast(`${item.filename} is deleted.`);
+      progress.kick();
+    });
+    node.append(box);
+    yes.focus();
+  }
+
+  // Rows are kept while their photo is unchanged: a refresh every few seconds must not
+  // rebuild the thumbnails under the organiser's eyes.
+  const rows = new Map(); // photo id -> {key, node}
+
+  function rowFor(item) {
+    const key = JSON.stringify([item.status, item.faces, item.job]);
+    const kept = rows.get(item.id);
+    if (kept && kept.key === key) return kept.node;
+    const node = row(item);
+    rows.set(item.id, { key, node });
+    return node;
+  }
+
+  function render() {
+    const shown = items.map(rowFor);
+    const ids = new Set(items.map((item) => item.id));
+    for (const id of rows.keys()) if (!ids.has(id)) rows.delete(id);
+    list.replaceChildren(...shown);
+    more.hidden = !cursor;
+    empty.hidden = items.length > 0;
+    empty.textContent = filter
+      ? "No photo has this status."
+      : "No photos yet. They are listed here as soon as they are uploaded, with what was found in each.";
+  }
+
+  function showCounts() {
+    if (!counts) return;
+    total.textContent = String(counts.photos);
+    for (const chip of filters.querySelectorAll("[data-filter]")) {
+      const key = chip.dataset.filter;
+      const count = key ? counts[key] : counts.photos;
+      chip.textContent = `${chip.dataset.label || (chip.dataset.label = chip.textContent)} (${count})`;
+      // A status with no photo is not offered, unless it is the one shown.
+      chip.hidden = Boolean(key) && !count && filter !== key;
+    }
+    // "All" alone offers no choice.
+    filters.hidden = ![...filters.querySelectorAll("[data-filter]")].some((chip) => chip.dataset.filter && !chip.hidden);
+    for (const node of document.querySelectorAll("[data-photo-count]")) node.textContent = String(counts.photos);
+  }
+
+  async function fetchPage(limit, after) {
+    const mine = generation;
+    const page = await api(url(limit, after));
+    if (mine !== generation) return null;
+    counts = page.counts;
+    showCounts();
+    return page;
+  }
+
+  /** The first page again (as many photos as are shown), with fresh statuses; the counts. */
+  async function refresh() {
+    generation += 1;
+    const page = await fetchPage(Math.min(200, Math.max(PAGE, items.length)), null);
+    // An open confirmation is not swept away under the organiser's finger.
+    if (page && !list.querySelector(".row-confirm")) {
+      items = page.items;
+      cursor = page.next_cursor;
+      render();
+    }
+    return counts;
+  }
+
+  async function loadMore() {
+    try {
+      const page = await busy(more, "Loading…", () => fetchPage(PAGE, cursor));
+      if (!page) return;
+      items = items.concat(page.items.filter((item) => !items.some((other) => other.id === item.id)));
+      cursor = page.next_cursor;
+      render();
+    } catch (error) {
+      if (!handleSignedOut(error)) toast(error.detail, "error");
+    }
+  }
+
+  function show(status) {
+    filter = status;
+    for (const chip of filters.querySelectorAll("[data-filter]")) {
+      chip.setAttribute("aria-pressed", String(chip.dataset.filter === status));
+    }
+    items = [];
+    cursor = null;
+    refresh().catch((error) => {
+      if (!handleSignedOut(error)) toast(error.detail, "error");
+    });
+  }
+
+  more.addEventListener("click", loadMore);
+  filters.addEventListener("click", (event) => {
+    const chip = event.target.closest("[data-filter]");
+    if (chip) show(chip.dataset.filter);
+  });
+
+  return { refresh, show };
+})();
+
+// Processing progress: polled while there is work, until the event is complete or has failed.
 const progress = (() => {
   const bar = document.getElementById("progress-bar");
   const text = document.getElementById("progress-text");
@@ -259,11 +475,20 @@ const progress = (() => {
   const extra = document.getElementById("progress-extra");
   const figures = document.getElementById("figures");
   const members = document.getElementById("members");
+  const failedBox = document.getElementById("failed-box");
+  const failedTitle = document.getElementById("failed-title");
+  const retry = document.getElementById("retry-processing");
   let timer = 0;
+
+  function setBadge(label, kind) {
+    badge.textContent = label;
+    badge.className = `badge ${kind}`;
+  }
 
   async function poll() {
     clearTimeout(timer);
     let data;
+    let counts;
     try {
       const response = await fetch(`/api/events/${eventId}/progress`, { headers: { accept: "application/json" } });
       if (response.status === 401) {
@@ -272,31 +497,46 @@ const progress = (() => {
       }
       data = await response.json();
       if (!response.ok) throw new Error(data.detail);
-    } catch {
+      counts = await photoList.refresh();
+    } catch (error) {
+      if (handleSignedOut(error)) return;
       timer = setTimeout(poll, 5000);
       return;
     }
-    for (const node of figures.querySelectorAll("[data-k]")) node.textContent = data[node.dataset.k];
-    figures.querySelector('[data-k="failed"]').parentElement.classList.toggle("bad", data.failed > 0);
-    const finished = data.done + data.failed;
-    bar.max = Math.max(data.photos, 1);
-    bar.value = finished;
+    const processed = counts.done + counts.no_faces;
+    const values = { queued: counts.queued, processing: counts.processing, processed, failed: counts.failed };
+    for (const node of figures.querySelectorAll("[data-k]")) node.textContent = values[node.dataset.k];
+    figures.querySelector('[data-k="failed"]').parentElement.classList.toggle("bad", counts.failed > 0);
+    bar.max = Math.max(counts.photos, 1);
+    bar.value = processed + counts.failed;
     const working = data.queued + data.running > 0;
-    const complete = data.photos > 0 && !working;
-    bar.classList.toggle("done", complete);
-    if (!data.photos) {
+    const complete = counts.photos > 0 && !working;
+    bar.classList.toggle("done", complete && !counts.failed);
+    bar.classList.toggle("failed", complete && counts.failed > 0);
+    const matching = data.matching.queued + data.matching.running;
+    if (!counts.photos) {
       text.textContent = "No photos yet. Upload some above: faces are found in the background.";
-      badge.textContent = "Idle";
-      badge.className = "badge";
-    } else if (complete) {
-      text.textContent = `All ${plural(data.photos, "photo")} processed.` + (data.failed ? ` ${data.failed} could not be processed; an admin can retry ${data.failed === 1 ? "it" : "them"}.` : "");
-      badge.textContent = "Complete";
-      badge.className = "badge badge-success";
+      setBadge("Idle", "");
+    } else if (working) {
+      const left = counts.photos - processed - counts.failed;
+      text.textContent = left
+        ? `${processed + counts.failed} of ${plural(counts.photos, "photo")} processed. Attendees see their photos as soon as each one is done.` +
+          (matching ? ` Matching ${plural(matching, "attendee")} who joined.` : "")
+        : `All ${plural(counts.photos, "photo")} processed. ` +
+          (matching ? `Matching ${plural(matching, "attendee")} who joined with them.` : "Finishing the last jobs…");
+      setBadge("Processing", "badge-warning");
+    } else if (counts.failed) {
+      text.textContent = `${processed} of ${plural(counts.photos, "photo")} processed; ${counts.failed} could not be processed.`;
+      setBadge(`${counts.failed} failed`, "badge-danger");
     } else {
-      text.textContent = `${finished} of ${plural(data.photos, "photo")} processed. Attendees see their photos as soon as each one is done.`;
-      badge.textContent = "Processing";
-      badge.className = "badge badge-warning";
+      text.textContent =
+        `All ${plural(counts.photos, "photo")} processed.` +
+        (counts.no_faces ? ` ${counts.no_faces} had no face large enough to recognise.` : "");
+      setBadge("Complete", "badge-success");
     }
+    failedBox.hidden = !counts.failed;
+    failedTitle.textContent = `${plural(counts.failed, "photo")} could not be processed. `;
+    retry.textContent = counts.failed === 1 ? "Retry the failed photo" : `Retry ${counts.failed} failed photos`;
     extra.textContent = `${plural(data.faces, "face")} found · ${plural(data.matches, "match", "matches")} with attendees`;
     refreshMembers();
     if (working || inFlight || queue.length) timer = setTimeout(poll, 2000);
@@ -312,6 +552,22 @@ const progress = (() => {
       // The figure stays as it was; the next poll tries again.
     }
   }
+
+  retry.addEventListener("click", async () => {
+    try {
+      const { retried } = await busy(retry, "Queuing…", () => api(`/api/events/${eventId}/retry-failed`, { method: "POST" }));
+      toast(retried ? `${plural(retried, "photo")} queued again: they are processed in a moment.` : "Nothing to retry: no photo has failed.");
+    } catch (error) {
+      if (!handleSignedOut(error)) toast(error.detail, "error");
+      return;
+    }
+    poll();
+  });
+
+  document.getElementById("show-failed").addEventListener("click", () => {
+    photoList.show("failed");
+    document.getElementById("photos-card").scrollIntoView({ behavior: "smooth", block: "start" });
+  });
 
   return {
     poll,
@@ -335,4 +591,34 @@ copy.addEventListener("click", async () => {
     link.select();
     toast("Select the link and copy it.");
   }
+});
+
+// Deleting the event, after a confirmation step.
+const deleteStart = document.getElementById("delete-start");
+const deleteForm = document.getElementById("delete-confirm");
+deleteStart.addEventListener("click", () => {
+  deleteStart.hidden = true;
+  deleteForm.hidden = false;
+  deleteForm.querySelector("input").focus();
+});
+document.getElementById("delete-cancel").addEventListener("click", () => {
+  deleteForm.hidden = true;
+  deleteForm.reset();
+  showError(deleteForm, "");
+  deleteStart.hidden = false;
+  deleteStart.focus();
+});
+deleteForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!deleteForm.elements.sure.checked) {
+    showError(deleteForm, "Tick the box to confirm that the event and its photos are to be deleted.");
+    return;
+  }
+  try {
+    await busy(deleteForm.querySelector("[type=submit]"), "Deleting…", () => api(`/api/events/${eventId}`, { method: "DELETE" }));
+  } catch (error) {
+    if (!handleSignedOut(error)) showError(deleteForm, error.detail);
+    return;
+  }
+  location.assign("/?deleted=1");
 });

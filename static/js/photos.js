@@ -15,6 +15,7 @@ if (grid) {
   const zip = document.getElementById("zip");
   const live = document.getElementById("live");
   const viewer = document.getElementById("viewer");
+  const hasSelfie = grid.dataset.hasSelfie !== "false";
 
   const items = new Map(); // photo id -> item, for the tiles on the page
   let cursor = null;
@@ -27,8 +28,97 @@ if (grid) {
     const total = items.size;
     count.textContent = exhausted || total ? plural(total, "photo") : "";
     empty.hidden = !(exhausted && total === 0);
+    if (!empty.hidden) describeEmpty();
     if (zip) zip.hidden = total === 0;
     sentinel.textContent = !exhausted && total ? "Loading more photos…" : "";
+  }
+
+  // Is there still work that could bring photos? "My photos" asks while the page is open, so
+  // that an empty page says when everything is processed and nothing was found.
+  const processing = document.getElementById("processing");
+  const WORKING_POLL_MS = 3000;
+  const IDLE_POLL_MS = 15000;
+  let work = null; // {working, left, photos, matchingFailed}
+  let workTimer = 0;
+
+  async function checkWork() {
+    clearTimeout(workTimer);
+    try {
+      const status = await api("/api/me/status");
+      if (eventId) {
+        const progress = await api(`/api/events/${eventId}/progress`);
+        const mine = status.events.find((entry) => String(entry.event_id) === eventId);
+        // A member's own figures are exact; anyone else (the organiser) sees the event's.
+        const matching = mine ? ["queued", "running"].includes(mine.matching) : false;
+        const left = mine ? mine.photos_pending : progress.queued + progress.running;
+        work = {
+          working: matching || left > 0,
+          left,
+          photos: progress.photos,
+          matchingFailed: Boolean(mine) && mine.matching === "failed",
+        };
+      } else {
+        const left = status.events.reduce((sum, entry) => sum + entry.photos_pending, 0);
+        work = {
+          working: status.pending > 0,
+          left,
+          photos: null,
+          matchingFailed: status.events.some((entry) => entry.matching === "failed"),
+        };
+      }
+    } catch (error) {
+      if (handleSignedOut(error)) return;
+    }
+    showWork();
+    updateCounts();
+    workTimer = setTimeout(checkWork, work && work.working ? WORKING_POLL_MS : IDLE_POLL_MS);
+  }
+
+  function showWork() {
+    if (!processing || !work) return;
+    processing.hidden = false;
+    processing.dataset.state = work.working ? "working" : "finished";
+    if (work.working) {
+      processing.textContent = work.left ? `Processing: ${plural(work.left, "photo")} to go` : "Matching your selfie…";
+    } else if (work.photos === 0) {
+      processing.textContent = "No photos uploaded yet";
+    } else {
+      processing.textContent = "Every photo is processed";
+    }
+  }
+
+  function describeEmpty() {
+    const title = empty.querySelector("[data-title]");
+    const text = empty.querySelector("[data-text]");
+    const line = empty.querySelector("[data-progress]");
+    const advice = empty.querySelector("[data-advice]");
+    const browse = empty.querySelector("[data-browse]");
+    const finished = Boolean(work) && !work.working && work.photos !== 0 && hasSelfie;
+    empty.dataset.state = finished ? "finished" : "waiting";
+    empty.querySelector('[data-icon="waiting"]').hidden = finished;
+    empty.querySelector('[data-icon="finished"]').hidden = !finished;
+    advice.hidden = !finished;
+    browse.hidden = finished;
+    line.textContent = "";
+    if (!hasSelfie) {
+      title.textContent = "No photos of you yet";
+      text.textContent = "Add your selfie first: FindMe needs it to recognise you. Your photos appear here right after.";
+    } else if (finished) {
+      const where = eventId ? `All ${plural(work.photos, "photo")} of ${empty.dataset.eventName} are` : "Every photo of your events is";
+      title.textContent = "No photos of you were found";
+      text.textContent =
+        `${where} processed, and FindMe did not recognise you in any of them.` +
+        (work.matchingFailed ? " Matching your selfie failed, though: ask the organiser or an admin to retry it." : " Here is what you can do:");
+    } else {
+      title.textContent = "No photos of you yet";
+      text.textContent =
+        work && work.photos === 0
+          ? "The photographer has not uploaded any photos yet. Keep this page open: your photos appear here by themselves as soon as they are processed."
+          : "Keep this page open: your photos appear here by themselves as soon as the photographer's uploads are processed.";
+      if (work && work.working) {
+        line.textContent = work.left ? `${plural(work.left, "photo")} still being processed…` : "Your selfie is being matched with the photos…";
+      }
+    }
   }
 
   function tileFor(item) {
@@ -154,7 +244,8 @@ if (grid) {
     const panel = el(
       "div",
       { class: "tile-confirm", role: "group", "aria-label": "Not me?" },
-      el("span", { text: "Not you? Remove it from your photos." }),
+      el("strong", { text: "Not you?" }),
+      el("span", { class: "confirm-more", text: "Remove it from your photos." }),
       el("div", { class: "btn-row" }, remove, keep),
     );
     keep.addEventListener("click", () => panel.remove());
@@ -248,4 +339,8 @@ if (grid) {
 
   updateCounts();
   loadMore();
+  if (mode === "mine") {
+    checkWork();
+    window.addEventListener("pagehide", () => clearTimeout(workTimer));
+  }
 }

@@ -1,4 +1,4 @@
-"""The local recognition engine: dlib's HOG face detector and 128-d ResNet face descriptor.
+"""The local recognition engine: a face detector (detectors.py) and dlib's 128-d ResNet descriptor.
 
 The face code is pure and synchronous; `LocalRecognizer` runs it in a pool of processes so the
 event loop never does (dlib holds the GIL). See docs/RECOGNITION.md for the measurements behind
@@ -32,6 +32,15 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps
 
+from findme.engines.local.detectors import (
+    DEFAULT_DETECTOR,
+    DEFAULT_MIN_SCORE,
+    Detection,
+    Detector,
+    available_detector,
+    make_detector,
+    photo_scan_scale,
+)
 from findme.errors import ConfigurationError
 from findme.images import to_rgb
 from findme.settings import Settings
@@ -50,19 +59,27 @@ DEFAULT_MATCH_THRESHOLD = Settings.match_threshold
 DESCRIPTOR_BYTES = 128 * 4
 _DESCRIPTOR_DTYPE = np.dtype("<f4")
 
-# Face size (box width, in scanned pixels) from which the HOG detector (upsample 0, 80 px
-# window) finds every face of the shared set; below it faces go missing, a third at 56 px.
-_RELIABLE_FACE_PX = 80
-# Photos are never scanned smaller than this on their long side (nor upscaled to reach it), so a
-# web-sized photo keeps faces of 1/20 of its long side whatever `min_face_px` says.
-_MIN_SCAN_PX = 1600
-# Upscaling to honour a tiny `min_face_px` stops here: beyond, the scan would not fit in memory.
-_MAX_UPSCALE = 2.0
-# Selfies are close-ups: a face of 1/13 of the long side is found at this scan size.
-_SELFIE_SCAN_PX = 1024
+__all__ = [
+    "DEFAULT_MATCH_THRESHOLD",
+    "DESCRIPTOR_BYTES",
+    "DetectedFace",
+    "FaceAnalysis",
+    "FoundFaces",
+    "LocalRecognizer",
+    "UnreadableImage",
+    "analyse_photo",
+    "analyse_selfie",
+    "descriptor_distance",
+    "find_faces",
+    "photo_scan_scale",
+]
+
 # The descriptor sees a 150 px chip (face ~100 px + 25 % padding): pixels are decoded at a scale
 # where the smallest face the scan can find still covers the chip without being upscaled.
 _CHIP_PX = 150
+# An engine process is replaced after this many calls: the CNN's wheel leaks its 36 KB result
+# buffer on every scan (~0.1 MB a photo), and a fresh process costs ~1 s of model loading.
+_TASKS_PER_PROCESS = 1000
 # Landmarks and descriptor run on a crop this many face widths around the box, not the photo.
 _CROP_PADDING = 0.5
 # Photo formats only (JPEG includes the camera JPEGs Pillow reports as MPO): none of Pillow's
@@ -102,16 +119,24 @@ class FaceAnalysis:
 
 
 @dataclass(frozen=True)
+class FoundFaces:
+    width: int
+    height: int
+    # boxes in the pixels of the EXIF-oriented full-resolution image
+    faces: tuple[Detection, ...]
+
+
+@dataclass(frozen=True)
 class _Models:
-    detector: Any
     predictor: Any
     encoder: Any
 
 
 _models: _Models | None = None
+_detectors: dict[tuple[str, float], Detector] = {}
 
 
-def _models_dir() -> Path:
+def models_dir() -> Path:
     """The folder of dlib model files shipped by the face_recognition_models package."""
     # Importing face_recognition_models would import pkg_resources, which setuptools dropped.
     spec = importlib.util.find_spec("face_recognition_models")
@@ -126,9 +151,8 @@ def _models_dir() -> Path:
 def _load_models() -> _Models:
     global _models
     if _models is None:
-        folder = _models_dir()
+        folder = models_dir()
         _models = _Models(
-            detector=dlib.get_frontal_face_detector(),
             predictor=dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
             encoder=dlib.face_recognition_model_v1(
                 str(folder / "dlib_face_recognition_resnet_model_v1.dat")
@@ -137,33 +161,109 @@ def _load_models() -> _Models:
     return _models
 
 
-def photo_scan_scale(width: int, height: int, *, min_face_px: int) -> float:
-    """The scale at which an event photo is scanned so faces of `min_face_px` are found."""
-    wanted = _RELIABLE_FACE_PX / min_face_px
-    small_photo = min(1.0, _MIN_SCAN_PX / max(width, height))
-    return min(max(wanted, small_photo), _MAX_UPSCALE)
+def _detector(name: str, min_score: float) -> Detector:
+    """The detector `name` ("auto", "cnn", "hog"), made once per process and score threshold.
+
+    Cached under the name asked for, so "auto" is resolved (and a fallback warned about) once.
+    """
+    key = (name, min_score)
+    if key not in _detectors:
+        _detectors[key] = make_detector(available_detector(name), min_score=min_score)
+    return _detectors[key]
 
 
-def analyse_photo(data: bytes, *, min_face_px: int) -> FaceAnalysis:
+def analyse_photo(
+    data: bytes,
+    *,
+    min_face_px: int,
+    detector: str = DEFAULT_DETECTOR,
+    min_score: float = DEFAULT_MIN_SCORE,
+) -> FaceAnalysis:
     """Find the faces of an event photo and describe each one."""
-    return _analyse(data, lambda w, h: photo_scan_scale(w, h, min_face_px=min_face_px))
+    found_by = _detector(detector, min_score)
+    return _analyse(
+        data, found_by, lambda w, h: found_by.photo_scale(w, h, min_face_px=min_face_px)
+    )
 
 
-def analyse_selfie(data: bytes) -> FaceAnalysis:
+def analyse_selfie(
+    data: bytes, *, detector: str = DEFAULT_DETECTOR, min_score: float = DEFAULT_MIN_SCORE
+) -> FaceAnalysis:
     """Find the faces of a selfie (the caller wants exactly one) and describe each one."""
-    return _analyse(data, lambda w, h: min(1.0, _SELFIE_SCAN_PX / max(w, h)))
+    found_by = _detector(detector, min_score)
+    return _analyse(data, found_by, found_by.selfie_scale)
 
 
-def _analyse(data: bytes, scan_scale: Callable[[int, int], float]) -> FaceAnalysis:
+def find_faces(
+    data: bytes,
+    *,
+    min_face_px: int,
+    detector: str = DEFAULT_DETECTOR,
+    min_score: float = DEFAULT_MIN_SCORE,
+) -> FoundFaces:
+    """The face boxes of an event photo, without descriptors (what detection alone costs)."""
+    found_by = _detector(detector, min_score)
+    width, height, scale, pixels = _decode(
+        data, found_by, found_by.photo_scale(*_peek_size(data), min_face_px=min_face_px)
+    )
+    to_full = (width / pixels.width, height / pixels.height)
+    found = found_by.detect(pixels, scale=scale * width / pixels.width)
+    return FoundFaces(
+        width=width,
+        height=height,
+        faces=tuple(
+            Detection(box=_full_box(d.box, to_full, (width, height)), score=d.score) for d in found
+        ),
+    )
+
+
+def _analyse(
+    data: bytes, detector: Detector, scan_scale: Callable[[int, int], float]
+) -> FaceAnalysis:
     started = time.perf_counter()
     models = _load_models()
+    width, height, scale, pixels = _decode(data, detector, scan_scale(*_peek_size(data)))
+    # Boxes come back in decoded pixels, which the descriptor reads; stored boxes are in the
+    # full-resolution pixels of the oriented photo.
+    found = detector.detect(pixels, scale=scale * width / pixels.width)
+    to_full = (width / pixels.width, height / pixels.height)
+    faces = [
+        DetectedFace(
+            box=_full_box(detection.box, to_full, (width, height)),
+            descriptor=_describe(models, pixels, detection.box),
+        )
+        for detection in found
+    ]
+    logger.debug(
+        "%s found %d faces in a %dx%d image scanned at %.3f (decoded %dx%d) in %.2f s",
+        detector.name,
+        len(faces),
+        width,
+        height,
+        scale,
+        *pixels.size,
+        time.perf_counter() - started,
+        extra={"action": "analyse_image"},
+    )
+    return FaceAnalysis(width=width, height=height, faces=tuple(faces))
+
+
+def _peek_size(data: bytes) -> tuple[int, int]:
+    """The oriented size of the image in `data`, from its header only."""
+    try:
+        return _oriented_size(Image.open(io.BytesIO(data), formats=_FORMATS))
+    except _DECODE_ERRORS as exc:
+        raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
+
+
+def _decode(data: bytes, detector: Detector, scale: float) -> tuple[int, int, float, Image.Image]:
+    """Oriented full size, scan scale and RGB pixels, decoded no larger than needed."""
     try:
         image = Image.open(io.BytesIO(data), formats=_FORMATS)
         width, height = _oriented_size(image)
-        scale = scan_scale(width, height)
         # Decode only as many pixels as the scan and the descriptor chips need: a JPEG's draft
         # mode skips much of the work when 1/2, 1/4 or 1/8 of the size is enough.
-        decode_scale = min(1.0, scale * _CHIP_PX / _RELIABLE_FACE_PX)
+        decode_scale = min(1.0, max(scale, scale * _CHIP_PX / detector.reliable_face_px))
         if decode_scale < 1.0:
             image.draft(
                 "RGB",
@@ -175,38 +275,14 @@ def _analyse(data: bytes, scan_scale: Callable[[int, int], float]) -> FaceAnalys
         pixels = to_rgb(image)
     except _DECODE_ERRORS as exc:
         raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
+    return width, height, scale, pixels
 
-    scan_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    gray = pixels.convert("L")
-    if gray.size != scan_size:
-        gray = gray.resize(scan_size, Image.Resampling.BILINEAR, reducing_gap=1.0)
-    found = models.detector(np.asarray(gray), 0)
 
-    # Scanned pixels -> decoded pixels (for the descriptor) and -> full-resolution pixels.
-    to_pixels = (pixels.width / scan_size[0], pixels.height / scan_size[1])
-    to_full = (width / scan_size[0], height / scan_size[1])
-    faces = []
-    for rect in found:
-        scanned = (rect.left(), rect.top(), rect.right(), rect.bottom())
-        box = (
-            max(0, round(scanned[0] * to_full[0])),
-            max(0, round(scanned[1] * to_full[1])),
-            min(width, round(scanned[2] * to_full[0])),
-            min(height, round(scanned[3] * to_full[1])),
-        )
-        descriptor = _describe(models, pixels, _scale_box(scanned, to_pixels))
-        faces.append(DetectedFace(box=box, descriptor=descriptor))
-    logger.debug(
-        "Found %d faces in a %dx%d image scanned at %dx%d (decoded %dx%d) in %.2f s",
-        len(faces),
-        width,
-        height,
-        *scan_size,
-        *pixels.size,
-        time.perf_counter() - started,
-        extra={"action": "analyse_image"},
-    )
-    return FaceAnalysis(width=width, height=height, faces=tuple(faces))
+def _full_box(
+    box: tuple[int, int, int, int], factor: tuple[float, float], size: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    left, top, right, bottom = _scale_box(box, factor)
+    return (max(0, left), max(0, top), min(size[0], right), min(size[1], bottom))
 
 
 def _oriented_size(image: Image.Image) -> tuple[int, int]:
@@ -250,7 +326,7 @@ def descriptor_distance(a: bytes, b: bytes) -> float:
     return float(np.linalg.norm(va - vb))
 
 
-def _init_worker(niceness: int) -> None:
+def _init_worker(niceness: int, detector: str, min_score: float) -> None:
     # Ctrl-C reaches the whole process group: the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Face work is background work: the web process and the database come first for the CPU,
@@ -258,6 +334,7 @@ def _init_worker(niceness: int) -> None:
     os.nice(niceness)
     _exit_with_parent(os.getppid())
     _load_models()
+    _detector(detector, min_score)
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -283,14 +360,26 @@ def _worker_pid() -> int:
 class LocalRecognizer:
     """Runs the face code in a pool of processes that each load the dlib models once."""
 
-    def __init__(self, *, processes: int, min_face_px: int, niceness: int = 10) -> None:
+    def __init__(
+        self,
+        *,
+        processes: int,
+        min_face_px: int,
+        niceness: int = 10,
+        detector: str = DEFAULT_DETECTOR,
+        min_score: float = DEFAULT_MIN_SCORE,
+    ) -> None:
         self.processes = processes
         self.min_face_px = min_face_px
         self.niceness = niceness
+        # Resolved here, once: a "cnn" that cannot run fails at startup, an "auto" that falls
+        # back to HOG warns once, and every worker process uses the same detector.
+        self.detector_name = available_detector(detector)
+        self.min_score = min_score
         self._pool: ProcessPoolExecutor | None = None
 
     async def __aenter__(self) -> LocalRecognizer:
-        _models_dir()  # fail at startup, not in every worker
+        models_dir()  # fail at startup, not in every worker
         self._pool = self._new_pool()
         return self
 
@@ -320,17 +409,30 @@ class LocalRecognizer:
         )
 
     async def analyse_photo(self, data: bytes) -> FaceAnalysis:
-        return await self._run(functools.partial(analyse_photo, data, min_face_px=self.min_face_px))
+        return await self._run(
+            functools.partial(
+                analyse_photo,
+                data,
+                min_face_px=self.min_face_px,
+                detector=self.detector_name,
+                min_score=self.min_score,
+            )
+        )
 
     async def analyse_selfie(self, data: bytes) -> FaceAnalysis:
-        return await self._run(functools.partial(analyse_selfie, data))
+        return await self._run(
+            functools.partial(
+                analyse_selfie, data, detector=self.detector_name, min_score=self.min_score
+            )
+        )
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.niceness,),
+            initargs=(self.niceness, self.detector_name, self.min_score),
+            max_tasks_per_child=_TASKS_PER_PROCESS,
         )
 
     async def _run(self, call: Callable[[], _T]) -> _T:

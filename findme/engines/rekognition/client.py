@@ -1,11 +1,7 @@
-"""Amazon Rekognition as the recognition engine: one face collection per event.
+"""The Amazon Rekognition client: the calls FindMe makes, bounded, counted and translated.
 
-A selfie is indexed with ExternalImageId `user-<id>`, a photo with `photo-<id>`, and each face of
-a photo is searched once; a member who joins after photos were indexed costs one IndexFaces and
-one SearchFaces. For a fresh event with U members, P photos and F faces that is 1 + U + P + F
-calls. What is done is recorded under the event's lock (`events.collection_id`,
-`event_members.cloud_face_id`, `faces.cloud_face_id`, `photos.processed_at`), so neither a restart
-nor concurrent workers pay for it twice.
+It holds no SQL: what is indexed and searched, and what is recorded of it, is decided by
+`findme.engines.rekognition.engine`.
 """
 
 from __future__ import annotations
@@ -16,7 +12,6 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -26,21 +21,9 @@ import pillow_heif
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 from PIL import Image, ImageOps
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from findme.db import (
-    Database,
-    Event,
-    EventMember,
-    Face,
-)
 from findme.errors import RecognitionError
 from findme.images import to_rgb
-from findme.matching import (
-    expired_events,
-    lock_events,
-)
 from findme.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,12 +36,6 @@ MAX_IMAGE_BYTES = 5 * 1024 * 1024
 # SearchFaces answers at most this many faces: a person in more photos than this is cut short.
 SEARCH_MAX_FACES = 4096
 DELETE_FACES_BATCH = 4096
-# event_members.cloud_face_id of a selfie Rekognition would not index: not tried again until the
-# selfie changes (which resets it to NULL).
-NO_FACE = ""
-# Prefixed to event_members.cloud_face_id while the selfie, indexed after photo faces, still owes
-# its one SearchFaces: recorded before searching, so a retry searches without indexing again.
-SEARCH_PENDING = "?"
 _EXTERNAL_ID = re.compile(r"(user|photo)-(\d+)")
 _ORIENTATION_TAG = 0x0112
 
@@ -152,7 +129,7 @@ class FaceHit:
     similarity: float
 
 
-class RekognitionRecognizer:
+class RekognitionClient:
     """One long-lived client; every call waits for the semaphore and is counted by kind."""
 
     def __init__(
@@ -163,7 +140,7 @@ class RekognitionRecognizer:
         collection_prefix: str,
         min_similarity: float,
     ) -> None:
-        self.client = client
+        self.aws = client
         self.collection_prefix = collection_prefix
         self.min_similarity = min_similarity
         self.calls: Counter[str] = Counter()
@@ -175,7 +152,7 @@ class RekognitionRecognizer:
         async with self._semaphore:
             self.calls[name] += 1
             try:
-                response: dict[str, Any] = await getattr(self.client, operation)(**params)
+                response: dict[str, Any] = await getattr(self.aws, operation)(**params)
             except ClientError as error:
                 details = error.response.get("Error", {})
                 code = details.get("Code", "")
@@ -295,99 +272,6 @@ class RekognitionRecognizer:
             for match in matches
             if float(match.get("Similarity", 0.0)) >= self.min_similarity
         ]
-
-    # The cloud side of deletions, inside the transaction that deletes or changes the rows and
-    # before it commits: if AWS fails, the rows stay and the request can be repeated.
-
-    async def forget_selfie(self, session: AsyncSession, user_id: int) -> None:
-        """Delete the user's selfie faces from every event collection (the selfie changes)."""
-        event_ids = list(
-            await session.scalars(
-                select(EventMember.event_id).where(EventMember.user_id == user_id)
-            )
-        )
-        # The lock that guards indexing: a selfie being indexed right now is recorded first.
-        await lock_events(session, event_ids)
-        rows = await session.execute(
-            select(Event.collection_id, EventMember.cloud_face_id)
-            .join(Event, Event.id == EventMember.event_id)
-            .where(
-                EventMember.user_id == user_id,
-                EventMember.cloud_face_id.is_not(None),
-                EventMember.cloud_face_id != NO_FACE,
-                Event.collection_id.is_not(None),
-            )
-        )
-        for collection_id, face_id in rows.all():
-            if collection_id and face_id:
-                await self.delete_faces(collection_id, [face_id.removeprefix(SEARCH_PENDING)])
-        await session.execute(
-            update(EventMember).where(EventMember.user_id == user_id).values(cloud_face_id=None)
-        )
-
-    async def forget_user(self, session: AsyncSession, user_id: int) -> None:
-        """Account erasure: the user's selfie faces, and the collections of events they run."""
-        organised = list(
-            await session.scalars(select(Event.id).where(Event.organiser_id == user_id))
-        )
-        joined = list(
-            await session.scalars(
-                select(EventMember.event_id).where(EventMember.user_id == user_id)
-            )
-        )
-        await lock_events(session, organised + joined)  # all at once, in order
-        await self.forget_selfie(session, user_id)
-        await self.delete_collections(session, organised)
-
-    async def forget_photo(self, session: AsyncSession, photo_id: int) -> None:
-        """A deleted photo's faces leave its event's collection with it."""
-        rows = (
-            await session.execute(
-                select(Event.collection_id, Face.cloud_face_id)
-                .join(Face, Face.event_id == Event.id)
-                .where(Face.photo_id == photo_id, Face.cloud_face_id.is_not(None))
-                .order_by(Face.id)
-            )
-        ).all()
-        if rows and rows[0].collection_id:
-            await self.delete_faces(rows[0].collection_id, [row.cloud_face_id for row in rows])
-
-    async def delete_collections(self, session: AsyncSession, event_ids: Collection[int]) -> None:
-        """Delete these events' collections: every face indexed for them goes."""
-        if not event_ids:
-            return
-        await lock_events(session, event_ids)
-        names = await session.scalars(
-            select(Event.collection_id).where(
-                Event.id.in_(event_ids), Event.collection_id.is_not(None)
-            )
-        )
-        for name in list(names):
-            if name:
-                await self.delete_collection(name)
-        await session.execute(
-            update(Event).where(Event.id.in_(event_ids)).values(collection_id=None)
-        )
-
-    async def purge_expired(self, db: Database, *, retention_days: int) -> int:
-        """Retention: delete the collections of events past it, as their face rows are."""
-        async with db.sessions() as session:
-            expired = list(
-                await session.scalars(
-                    expired_events(retention_days=retention_days).where(
-                        Event.collection_id.is_not(None)
-                    )
-                )
-            )
-        for event_id in expired:
-            async with db.transaction() as session:
-                await self.delete_collections(session, [event_id])
-                await session.execute(
-                    update(EventMember)
-                    .where(EventMember.event_id == event_id)
-                    .values(cloud_face_id=None)
-                )
-        return len(expired)
 
 
 def _pixel_box(ratios: dict[str, float], width: int, height: int) -> tuple[int, int, int, int]:

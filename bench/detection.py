@@ -1,0 +1,168 @@
+"""HOG and the CNN side by side: faces found, false faces and CPU time per photo.
+
+    .venv/bin/python -m bench.detection
+
+On the real crowd photos of ../shared/crowd (as stored, ~1920 px, and upscaled to 6000 px on
+the long side like a 24 MP camera JPEG) and on the synthetic 24 MP group shots of
+tests/shared_faces.py. Detection alone (decoding + scan, `find_faces`) is timed in CPU seconds
+of this process, best of two runs; the group shots are also analysed whole (descriptors and
+matching). Figures in docs/RECOGNITION.md, "Detectors".
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from PIL import Image
+
+from findme.engines.local.detectors import cnn_available
+from findme.engines.local.faces import (
+    DEFAULT_MATCH_THRESHOLD,
+    analyse_photo,
+    analyse_selfie,
+    descriptor_distance,
+    find_faces,
+)
+from findme.engines.matching import nearest_member
+from tests.crowd import CROWD_DIR, crowd_manifest, iou, scaled, score
+from tests.shared_faces import faces_dir, group_shot, manifest
+
+MIN_FACE_PX = 120  # the settings default
+CAMERA_PX = 6000
+DETECTORS = ("hog", "cnn")
+_T = TypeVar("_T")
+
+
+def cpu_timed(call: Callable[[], _T], runs: int = 2) -> tuple[float, _T]:
+    best, result = float("inf"), None
+    for _ in range(runs):
+        started = time.process_time()
+        result = call()
+        best = min(best, time.process_time() - started)
+    assert result is not None
+    return best, result
+
+
+def camera_sized(path_bytes: bytes) -> tuple[bytes, float]:
+    """The photo upscaled to CAMERA_PX on its long side, as a quality 90 JPEG, and the factor."""
+    image = Image.open(io.BytesIO(path_bytes)).convert("RGB")
+    factor = CAMERA_PX / max(image.size)
+    big = image.resize(
+        (round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC
+    )
+    out = io.BytesIO()
+    big.save(out, "JPEG", quality=90)
+    return out.getvalue(), factor
+
+
+def crowd(label: str, photos: dict[str, tuple[bytes, dict]]) -> None:
+    print(f"\nCrowd photos, {label}: {len(photos)} photos, min face {MIN_FACE_PX} px")
+    print(f"{'detector':8} {'found':>9} {'recall':>7} {'false':>6} {'CPU s/photo':>12}")
+    for name in DETECTORS:
+        found = faces = false = 0
+        seconds = 0.0
+        misses: list[str] = []
+        for photo, (data, info) in photos.items():
+            spent, result = cpu_timed(
+                lambda d=data, n=name: find_faces(d, min_face_px=MIN_FACE_PX, detector=n)
+            )
+            seconds += spent
+            result_score = score(
+                [d.box for d in result.faces],
+                faces=info["faces"],
+                ignore=info["ignore"],
+                long_side=max(info["size"]),
+            )
+            found += result_score.found
+            faces += result_score.faces
+            false += len(result_score.false_boxes)
+            if result_score.missed or result_score.false_boxes:
+                misses.append(
+                    f"{photo}: {len(result_score.missed)} missed, "
+                    f"{len(result_score.false_boxes)} false"
+                )
+        print(
+            f"{name:8} {f'{found}/{faces}':>9} {found / faces:7.3f} {false:6}"
+            f" {seconds / len(photos):12.2f}"
+        )
+        for line in misses:
+            print(f"           {line}")
+
+
+def group_shots(members: dict[int, bytes], people: list[str]) -> None:
+    row = [120, 129, 138, 147, 156, 164, 173, 182, 191, 200]
+    close = [240, 263, 286, 309, 331, 354, 377, 400]
+    shots = [
+        ("10 faces 120-200 px", *group_shot(row)),
+        ("8 faces 240-400 px", *group_shot(close)),
+    ]
+    print(f"\nGroup shots, 6000x4000 JPEG, min face {MIN_FACE_PX} px")
+    print(f"{'shot':22} {'detector':8} {'found':>6} {'right':>6} {'detect s':>9} {'analyse s':>10}")
+    for label, data, pasted in shots:
+        for name in DETECTORS:
+            detect_s, _ = cpu_timed(
+                lambda d=data, n=name: find_faces(d, min_face_px=MIN_FACE_PX, detector=n)
+            )
+            analyse_s, analysis = cpu_timed(
+                lambda d=data, n=name: analyse_photo(d, min_face_px=MIN_FACE_PX, detector=n)
+            )
+            right = 0
+            for person, box in pasted:
+                best = max(analysis.faces, key=lambda f, b=box: iou(f.box, b), default=None)
+                if best is None or iou(best.box, box) < 0.5:
+                    continue
+                match = nearest_member(best.descriptor, members, threshold=DEFAULT_MATCH_THRESHOLD)
+                right += match is not None and people[match[0]] == person
+            print(
+                f"{label:22} {name:8} {f'{len(analysis.faces)}/{len(pasted)}':>6} {right:>6}"
+                f" {detect_s:9.2f} {analyse_s:10.2f}"
+            )
+
+
+def descriptor_agreement() -> None:
+    """How far apart the descriptors of one face are when HOG or the CNN drew its box."""
+    folder = faces_dir()
+    distances = []
+    for name in manifest()["event"]:
+        data = (folder / "event" / name).read_bytes()
+        hog = analyse_photo(data, min_face_px=MIN_FACE_PX, detector="hog").faces
+        cnn = analyse_photo(data, min_face_px=MIN_FACE_PX, detector="cnn").faces
+        for face in hog:
+            twin = max(cnn, key=lambda f, b=face.box: iou(f.box, b), default=None)
+            if twin is not None and iou(twin.box, face.box) >= 0.3:
+                distances.append(descriptor_distance(face.descriptor, twin.descriptor))
+    print(
+        f"\nShared event faces found by both: {len(distances)}; descriptor distance between the "
+        f"HOG-box and CNN-box descriptors of a face: mean {sum(distances) / len(distances):.3f},"
+        f" max {max(distances):.3f} (match threshold {DEFAULT_MATCH_THRESHOLD})"
+    )
+
+
+def main() -> None:
+    if not cnn_available():
+        raise SystemExit("The CNN detector (yuface) cannot be imported here: nothing to compare.")
+    stored = {
+        photo: ((CROWD_DIR / photo).read_bytes(), info) for photo, info in crowd_manifest().items()
+    }
+    crowd("as stored (~1920 px)", stored)
+    big = {}
+    for photo, (data, info) in stored.items():
+        camera, factor = camera_sized(data)
+        big[photo] = (camera, scaled(info, factor))
+    crowd(f"upscaled to {CAMERA_PX} px", big)
+
+    data = manifest()
+    people = sorted(data["selfies"])
+    members = {
+        i: analyse_selfie((faces_dir() / data["selfies"][p]).read_bytes()).faces[0].descriptor
+        for i, p in enumerate(people)
+    }
+    group_shots(members, people)
+    descriptor_agreement()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Photos: storing an upload, the gallery and "my photos" lists, deletion and "not me"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiofiles
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from findme import jobs
+from findme.auth import Principal
+from findme.db import Face, FaceMatch, Photo, RejectedMatch
+from findme.domain.access import visible_events
+from findme.domain.erasure import erase
+from findme.domain.views import iso, photo_json
+from findme.errors import AlreadyExists
+from findme.images import PreparedImage
+from findme.services import AppState
+from findme.uploads import ReceivedFile
+
+# Lists select these columns only: no ORM objects to build, never the byte columns.
+PHOTO_COLUMNS = (
+    Photo.id,
+    Photo.event_id,
+    Photo.filename,
+    Photo.width,
+    Photo.height,
+    Photo.status,
+    Photo.uploaded_at,
+)
+
+
+async def store_photo(
+    state: AppState,
+    *,
+    uploader_id: int,
+    event_id: int,
+    upload: ReceivedFile,
+    prepared: PreparedImage,
+) -> dict[str, Any]:
+    """Insert the photo, its bytes and its job in one transaction, or name the copy already
+    stored: the same bytes twice in an event are a duplicate, whichever request came first."""
+    outcome: dict[str, Any] = {"filename": upload.filename, "error": None, "detail": None}
+    existing = await _existing_photo(state, event_id, upload.sha256)
+    if existing is None:
+        try:
+            async with state.store_slots, state.db.transaction() as session:
+                async with aiofiles.open(upload.path, "rb") as source:
+                    original = await source.read()
+                photo = Photo(
+                    event_id=event_id,
+                    uploader_id=uploader_id,
+                    filename=upload.filename,
+                    sha256=upload.sha256,
+                    content_type=prepared.content_type,
+                    size_bytes=len(original),
+                    width=prepared.width,
+                    height=prepared.height,
+                )
+                session.add(photo)
+                await session.flush()
+                await state.storage.save(
+                    session, photo_id=photo.id, original=original, thumbnail=prepared.thumbnail
+                )
+                job = await jobs.enqueue_photo(session, photo_id=photo.id, event_id=event_id)
+            return outcome | {"status": "created", "photo_id": photo.id, "job_id": job.id}
+        except AlreadyExists:
+            # Another request stored the same bytes first: the unique constraint decided.
+            existing = await _existing_photo(state, event_id, upload.sha256)
+    if existing is None:
+        raise AlreadyExists("This photo could not be stored. Send it again.")
+    return outcome | {"status": "duplicate", "photo_id": existing, "job_id": None}
+
+
+async def _existing_photo(state: AppState, event_id: int, sha256: str) -> int | None:
+    async with state.db.sessions() as session:
+        found: int | None = await session.scalar(
+            select(Photo.id).where(Photo.event_id == event_id, Photo.sha256 == sha256)
+        )
+        return found
+
+
+async def gallery_items(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    event_id: int | None,
+    cursor: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """The photos of one event (access checked by the caller), or of every event the caller
+    may see, after `cursor`."""
+    query = select(*PHOTO_COLUMNS).where(Photo.id > cursor)
+    if event_id is not None:
+        query = query.where(Photo.event_id == event_id)
+    else:
+        query = query.where(Photo.event_id.in_(visible_events(principal)))
+    rows = (await session.execute(query.order_by(Photo.id).limit(limit))).all()
+    return [photo_json(row) for row in rows]
+
+
+def _my_matches(user_id: int, event_id: int | None) -> Select[Any]:
+    """The photos a person appears in, with the match and the photo's face count: what "my
+    photos" lists and what the live stream sends."""
+    faces = select(func.count()).where(Face.photo_id == Photo.id).scalar_subquery()
+    query = (
+        select(FaceMatch.id.label("match_id"), *PHOTO_COLUMNS, FaceMatch.matched_at)
+        .add_columns(faces.label("faces"))
+        .join(FaceMatch, FaceMatch.photo_id == Photo.id)
+        .where(FaceMatch.user_id == user_id)
+    )
+    if event_id is not None:
+        query = query.where(FaceMatch.event_id == event_id)
+    return query
+
+
+def _matched_photo_json(row: Any) -> dict[str, Any]:
+    return photo_json(row) | {"matched_at": iso(row.matched_at), "faces": row.faces}
+
+
+async def my_photo_items(
+    session: AsyncSession, *, user_id: int, event_id: int | None, cursor: int, limit: int
+) -> list[dict[str, Any]]:
+    """A page of "my photos", in photo order after `cursor`."""
+    query = _my_matches(user_id, event_id).where(Photo.id > cursor)
+    rows = (await session.execute(query.order_by(Photo.id).limit(limit))).all()
+    return [_matched_photo_json(row) for row in rows]
+
+
+async def my_matches_after(
+    session: AsyncSession, *, user_id: int, event_id: int | None, after: int, limit: int
+) -> list[tuple[int, dict[str, Any]]]:
+    """(match id, item) of the matches made after match `after`, in the order they were made."""
+    query = _my_matches(user_id, event_id).where(FaceMatch.id > after)
+    rows = (await session.execute(query.order_by(FaceMatch.id).limit(limit))).all()
+    return [(row.match_id, _matched_photo_json(row) | {"match_id": row.match_id}) for row in rows]
+
+
+async def my_matched_files(session: AsyncSession, *, user_id: int, event_id: int) -> list[Any]:
+    """(id, filename, size_bytes) of the photos of an event a person appears in."""
+    rows = await session.execute(
+        select(Photo.id, Photo.filename, Photo.size_bytes)
+        .join(FaceMatch, FaceMatch.photo_id == Photo.id)
+        .where(FaceMatch.user_id == user_id, FaceMatch.event_id == event_id)
+        .order_by(Photo.id)
+    )
+    return list(rows.all())
+
+
+async def latest_match_id(session: AsyncSession, *, user_id: int, event_id: int | None) -> int:
+    """Where a live page's stream starts: after the matches the page already shows."""
+    query = select(func.max(FaceMatch.id)).where(FaceMatch.user_id == user_id)
+    if event_id is not None:
+        query = query.where(FaceMatch.event_id == event_id)
+    return await session.scalar(query) or 0
+
+
+async def delete_photo(state: AppState, photo_id: int) -> None:
+    """The photo with its faces and matches; its cloud faces go first."""
+
+    async def forget(session: AsyncSession) -> None:
+        await state.engine.forget_photo(session, photo_id)
+
+    await erase(
+        state,
+        forget=forget,
+        rows=delete(Photo).where(Photo.id == photo_id),
+        photos=select(Photo.id).where(Photo.id == photo_id),
+        matched_users=select(FaceMatch.user_id).where(FaceMatch.photo_id == photo_id),
+    )
+
+
+async def reject_match(state: AppState, *, photo_id: int, user_id: int) -> None:
+    """ "Not me": the person's match to this photo goes, and never comes back."""
+    async with state.db.transaction() as session:
+        await session.execute(
+            delete(FaceMatch).where(FaceMatch.photo_id == photo_id, FaceMatch.user_id == user_id)
+        )
+        if await session.get(RejectedMatch, (photo_id, user_id)) is None:
+            session.add(RejectedMatch(photo_id=photo_id, user_id=user_id))
+    await state.on_matches_changed({user_id})

@@ -1,0 +1,77 @@
+"""What the API shows of each thing: the JSON shapes of accounts, events, photos and jobs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from findme.db import Event, Job, User
+
+
+def iso(value: dt.datetime | dt.date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "role": user.role.value,
+        "created_at": iso(user.created_at),
+    }
+
+
+def event_json(event: Event, *, role: str) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "name": event.name,
+        "code": event.code,
+        "date": iso(event.date),
+        "organiser_id": event.organiser_id,
+        "created_at": iso(event.created_at),
+        "join_path": f"/join/{event.code}",
+        "my_role": role,
+    }
+
+
+def photo_json(photo: Any) -> dict[str, Any]:
+    """A list item from a Photo or a row of `findme.domain.photos.PHOTO_COLUMNS`."""
+    return {
+        "id": photo.id,
+        "event_id": photo.event_id,
+        "filename": photo.filename,
+        "width": photo.width,
+        "height": photo.height,
+        "status": photo.status.value,
+        "uploaded_at": iso(photo.uploaded_at),
+        "image_url": f"/api/photo/{photo.id}",
+        "thumb_url": f"/api/photo/{photo.id}/thumb",
+    }
+
+
+def job_json(job: Job, *, history: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": job.id,
+        "kind": job.kind.value,
+        "status": job.status.value,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "error": job.error,
+        "photo_id": job.photo_id,
+        "event_id": job.event_id,
+        "user_id": job.user_id,
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
+        "run_after": iso(job.run_after),
+    }
+    if history:
+        body["error_history"] = job.error_history
+        body["locked_by"] = job.locked_by
+    return body
+
+
+def job_link(job: Job) -> dict[str, Any]:
+    """A job as a script follows it: poll `status_url` until the status is done or failed."""
+    return {"id": job.id, "status": job.status.value, "status_url": f"/api/jobs/{job.id}"}

@@ -1,0 +1,169 @@
+"""The local engine's jobs: faces and descriptors from dlib, matched by descriptor distance."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from contextlib import AsyncExitStack
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from findme.db import Database, EventMember, Face, Selfie
+from findme.engines.base import (
+    EnrolledSelfie,
+    MatchesChanged,
+    NewFace,
+    PhotoJobs,
+    finish_photo,
+    store_faces,
+)
+from findme.engines.local.faces import DESCRIPTOR_BYTES, LocalRecognizer, UnreadableImage
+from findme.engines.matching import FaceRow, assign_faces, rejections, sync_matches
+from findme.errors import BadRequest, NoFace, SeveralFaces
+from findme.jobs import ClaimedJob
+from findme.settings import Settings
+from findme.storage import PhotoStorage
+
+
+class LocalEngine(PhotoJobs):
+    """Faces found and described on this machine; a face goes to the nearest member under the
+    threshold."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        storage: PhotoStorage,
+        recognizer: LocalRecognizer,
+        threshold: float,
+        on_matches_changed: MatchesChanged,
+    ) -> None:
+        super().__init__(db=db, storage=storage, on_matches_changed=on_matches_changed)
+        self.recognizer = recognizer
+        self._threshold = threshold
+
+    def describe(self) -> dict[str, str]:
+        return {"engine": self.name, "detector": self.recognizer.detector_name}
+
+    async def warm_up(self) -> None:
+        await self.recognizer.warm_up()
+
+    async def enrol_selfie(self, data: bytes) -> EnrolledSelfie:
+        return await selfie_descriptor(self.recognizer, data)
+
+    async def process_photo(self, job: ClaimedJob) -> None:
+        assert job.photo_id is not None
+        started = await self._start_photo(job.photo_id)
+        if started is None:
+            return  # deleted while queued: nothing to do
+        data = await self._storage.read_original(job.photo_id)
+        analysis = await self.recognizer.analyse_photo(data)
+        event_id = started.event_id
+        async with self._event_writes(event_id) as session:
+            found = [NewFace(face.box, descriptor=face.descriptor) for face in analysis.faces]
+            ids = await store_faces(session, photo_id=job.photo_id, event_id=event_id, faces=found)
+            faces = [
+                FaceRow(face_id, job.photo_id, face.descriptor)
+                for face_id, face in zip(ids, analysis.faces, strict=True)
+            ]
+            members = await member_descriptors(session, event_id)
+            rejected = await rejections(session, event_id, photo_ids=[job.photo_id])
+            wanted = assign_faces(faces, members, threshold=self._threshold, rejected=rejected)
+            changed = await sync_matches(session, event_id, wanted, photo_ids=[job.photo_id])
+            await finish_photo(session, job.photo_id, found_faces=bool(faces))
+        await self._announce(changed)
+
+    async def match_member(self, job: ClaimedJob) -> None:
+        """A member joined or changed selfie: recompute the event's matches from stored faces.
+
+        No photo is decoded again: this compares descriptors only, so a late joiner of a
+        1,000-photo event is done in well under a second.
+        """
+        assert job.event_id is not None
+        async with self._event_writes(job.event_id) as session:
+            face_rows = await session.execute(
+                select(Face.id, Face.photo_id, Face.descriptor).where(
+                    Face.event_id == job.event_id, Face.descriptor.is_not(None)
+                )
+            )
+            faces = [FaceRow(row.id, row.photo_id, row.descriptor) for row in face_rows]
+            members = await member_descriptors(session, job.event_id)
+            rejected = await rejections(session, job.event_id)
+            wanted = assign_faces(faces, members, threshold=self._threshold, rejected=rejected)
+            changed = await sync_matches(session, job.event_id, wanted)
+        await self._announce(changed)
+
+    # Descriptors live in rows that go with the user, photo or event: nothing else to forget.
+
+    async def forget_selfie(self, session: AsyncSession, user_id: int) -> None:
+        pass
+
+    async def forget_photo(self, session: AsyncSession, photo_id: int) -> None:
+        pass
+
+    async def forget_user(self, session: AsyncSession, user_id: int) -> None:
+        pass
+
+    async def forget_events(self, session: AsyncSession, event_ids: Collection[int]) -> None:
+        pass
+
+
+async def selfie_descriptor(recognizer: LocalRecognizer, data: bytes) -> EnrolledSelfie:
+    """The one face of a selfie; every engine checks selfies this way."""
+    try:
+        analysis = await recognizer.analyse_selfie(data)
+    except UnreadableImage as error:
+        raise BadRequest(str(error)) from None
+    if not analysis.faces:
+        raise NoFace()
+    if len(analysis.faces) > 1:
+        raise SeveralFaces()
+    face = analysis.faces[0]
+    return EnrolledSelfie(descriptor=face.descriptor, box=face.box)
+
+
+async def member_descriptors(session: AsyncSession, event_id: int) -> list[tuple[int, bytes]]:
+    """(user_id, descriptor) of every selfie of the event's members."""
+    rows = await session.execute(
+        select(Selfie.user_id, Selfie.descriptor)
+        .join(EventMember, EventMember.user_id == Selfie.user_id)
+        .where(EventMember.event_id == event_id)
+        .order_by(Selfie.id)
+    )
+    return [
+        (row.user_id, bytes(row.descriptor))
+        for row in rows
+        if len(row.descriptor) == DESCRIPTOR_BYTES
+    ]
+
+
+async def open_recognizer(stack: AsyncExitStack, settings: Settings) -> LocalRecognizer:
+    """The process pool of the face code, closed with the process."""
+    return await stack.enter_async_context(
+        LocalRecognizer(
+            processes=settings.engine_processes,
+            min_face_px=settings.min_face_px,
+            niceness=settings.engine_niceness,
+            detector=settings.detector,
+            min_score=settings.detector_min_score,
+        )
+    )
+
+
+async def open_engine(
+    stack: AsyncExitStack,
+    settings: Settings,
+    *,
+    db: Database,
+    storage: PhotoStorage,
+    on_matches_changed: MatchesChanged,
+) -> LocalEngine:
+    return LocalEngine(
+        db=db,
+        storage=storage,
+        recognizer=await open_recognizer(stack, settings),
+        threshold=settings.match_threshold,
+        on_matches_changed=on_matches_changed,
+    )

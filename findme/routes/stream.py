@@ -1,0 +1,164 @@
+"""My photos as they come: the live match stream (Server-Sent Events).
+
+The stream resumes without a gap: every event's SSE `id` is its face_matches row id, and a
+reconnecting EventSource sends the last one back as `Last-Event-ID`, so the stream starts again
+with the matches made after it. Within an event, match rows commit in id order (the matcher
+writes under the event's advisory lock), so "id greater than" loses nothing.
+
+A stream lives no longer than what signed it in. Sign-out, revocation of its API token and
+erasure send ACCOUNTS news (to every instance, through NOTIFY); a session's expiry is a deadline
+of its own; and the stream also looks again every RECHECK_S, in case news was lost. On each
+wake it reads the new matches first and asks the database whether the session or token still
+stands second, so a match committed after a sign-out is never sent: the check then sees the
+sign-out. The last message is an `end` event, and the browser's reconnection gets a 401.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from findme.api_schemas import ID, TEXT, Param, Reply, integer
+from findme.auth import Principal
+from findme.db import utcnow
+from findme.domain.access import event_for
+from findme.domain.photos import my_matches_after
+from findme.live import ACCOUNTS
+from findme.routes.common import api, app_state, int_param, require_user
+from findme.services import AppState
+
+PING_S = 15
+RECONNECT_MS = 3000
+SHUTDOWN_GRACE_S = 2.0
+BATCH = 100
+# How often an idle stream checks that its session or token still stands, news or not.
+RECHECK_S = 60.0
+
+
+def _resume_after(request: Request) -> int:
+    """Where a (re)connecting stream starts: Last-Event-ID beats ?after=."""
+    header = request.headers.get("last-event-id", "").strip()
+    if header:
+        return int_param(header, "Last-Event-ID")
+    return int_param(request.query_params.get("after"), "after", default=0)
+
+
+@api(
+    "Live: my new matches as Server-Sent Events (id = match id; resumes after Last-Event-ID)",
+    query={
+        "event_id": Param("only this event's matches", ID),
+        "after": Param(
+            "send matches with a greater id (the Last-Event-ID header wins)",
+            integer(minimum=0, default=0),
+        ),
+        "Last-Event-ID": Param(
+            "the id of the last message received (sent by a reconnecting EventSource)",
+            integer(minimum=0),
+            where="header",
+        ),
+    },
+    responses={
+        200: Reply(
+            "each message is a MyPhoto with its match_id; a 'ready' event once caught up; "
+            "keep-alive comments",
+            TEXT,
+            media_type="text/event-stream",
+        ),
+        403: "not a member of this event",
+        404: "no such event",
+    },
+)
+async def my_photos_stream(request: Request) -> Response:
+    principal = await require_user(request)
+    state = app_state(request)
+    raw_event = request.query_params.get("event_id")
+    event_id = int_param(raw_event, "event_id") if raw_event else None
+    if event_id is not None:
+        async with state.db.sessions() as session:
+            await event_for(state, session, principal, event_id)
+    after = _resume_after(request)
+    shutdown = anyio.Event()
+    return EventSourceResponse(
+        _match_events(state, principal=principal, event_id=event_id, after=after, stop=shutdown),
+        ping=PING_S,
+        shutdown_event=shutdown,
+        shutdown_grace_period=SHUTDOWN_GRACE_S,
+    )
+
+
+async def _match_events(
+    state: AppState, *, principal: Principal, event_id: int | None, after: int, stop: anyio.Event
+) -> AsyncIterator[ServerSentEvent]:
+    user_id = principal.id
+    expires_at = principal.session.expires_at if principal.session is not None else None
+    # Subscribed before the first read: a match made while we read still wakes us after it.
+    async with (
+        state.feed.subscribe(user_id) as changed,
+        state.feed.subscribe(user_id, kind=ACCOUNTS) as account_changed,
+    ):
+        yield ServerSentEvent(comment="FindMe live matches", retry=RECONNECT_MS)
+        ready = False
+        while not stop.is_set():
+            changed.clear()
+            account_changed.clear()
+            rows = await _matches_after(state, user_id=user_id, event_id=event_id, after=after)
+            # After the read, not before: see the module's docstring.
+            if not await state.auth.still_signed_in(principal):
+                yield ServerSentEvent(json.dumps({"reason": "session_ended"}), event="end")
+                return
+            for match_id, item in rows:
+                yield ServerSentEvent(json.dumps(item), id=str(match_id))
+                after = match_id
+            if len(rows) == BATCH:
+                continue
+            if not ready:
+                ready = True
+                yield ServerSentEvent(json.dumps({"after": after}), event="ready")
+            await _first_of(
+                changed.wait,
+                account_changed.wait,
+                stop.wait,
+                functools.partial(anyio.sleep, _recheck_in_s(expires_at)),
+            )
+
+
+def _recheck_in_s(expires_at: dt.datetime | None) -> float:
+    """Seconds until the next look at the session: its expiry, or RECHECK_S if sooner."""
+    if expires_at is None:
+        return RECHECK_S
+    # A hair past the expiry, so the look after it finds the session expired.
+    return min(RECHECK_S, max(0.0, (expires_at - utcnow()).total_seconds()) + 0.05)
+
+
+async def _first_of(*waiters: Callable[[], Awaitable[Any]]) -> None:
+    async with anyio.create_task_group() as group:
+
+        async def wait(waiter: Callable[[], Awaitable[Any]]) -> None:
+            await waiter()
+            group.cancel_scope.cancel()
+
+        for waiter in waiters:
+            group.start_soon(wait, waiter)
+
+
+async def _matches_after(
+    state: AppState, *, user_id: int, event_id: int | None, after: int
+) -> list[tuple[int, dict[str, Any]]]:
+    async with state.db.sessions() as session:
+        return await my_matches_after(
+            session, user_id=user_id, event_id=event_id, after=after, limit=BATCH
+        )
+
+
+routes = [
+    Route("/api/my-photos/stream", my_photos_stream, methods=["GET"]),
+]

@@ -1,0 +1,29 @@
+"""What a photo storage is: where the bytes of originals and thumbnails live."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+CHUNK_BYTES = 256 * 1024
+
+
+class PhotoStorage(Protocol):
+    async def save(
+        self, session: AsyncSession, *, photo_id: int, original: bytes, thumbnail: bytes
+    ) -> None:
+        """Store a new photo's bytes as part of the transaction that inserts its row."""
+
+    def stream_original(self, photo_id: int, *, size_bytes: int) -> AsyncIterator[bytes]:
+        """The original in bounded chunks."""
+
+    async def read_original(self, photo_id: int) -> bytes:
+        """The whole original, for the pipeline."""
+
+    async def read_thumbnail(self, photo_id: int) -> bytes | None:
+        """The grid thumbnail."""
+
+    async def delete(self, photo_ids: list[int]) -> None:
+        """Forget these photos' bytes (rows are deleted by the caller)."""
