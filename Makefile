@@ -31,6 +31,8 @@ bench: install services
 	$(VENV)/bin/python -m bench.pipeline
 	$(VENV)/bin/python -m bench.group_shots
 	$(VENV)/bin/python -m bench.aws_calls
+	$(VENV)/bin/python -m bench.detection
+	$(VENV)/bin/python -m bench.recovery
 
 lint: install
 	$(VENV)/bin/ruff check findme tests bench alembic

@@ -20,11 +20,11 @@ from PIL import Image
 from findme.engines.local.faces import (
     DEFAULT_MATCH_THRESHOLD,
     FaceAnalysis,
-    LocalRecognizer,
     analyse_photo,
     analyse_selfie,
     photo_scan_scale,
 )
+from findme.engines.local.pool import LocalRecognizer
 from findme.engines.matching import nearest_member
 from tests.shared_faces import faces_dir, group_shot, manifest
 

@@ -34,7 +34,7 @@ from bench.harness import (
     sign_in,
     sign_up,
 )
-from findme.engines.local.faces import LocalRecognizer
+from findme.engines.local.pool import LocalRecognizer
 from tests.shared_faces import faces_dir, manifest
 
 CAMERA_SIZE = (6000, 4000)

@@ -32,25 +32,6 @@ from findme.migrations import migrate
 from findme.pipeline import RECLAIM_INTERVAL_S, Pipeline
 from findme.settings import Settings
 
-HOLDER = """
-import asyncio, sys
-from findme.db import Database, JobKind
-from findme.pipeline import Pipeline
-from findme.settings import Settings
-
-async def main():
-    db = Database(Settings.from_environ({"FINDME_DATABASE_URL": sys.argv[1],
-                                         "FINDME_DATA_DIR": sys.argv[2]}))
-    async def hold(job):
-        print(job.id, flush=True)
-        await asyncio.Event().wait()
-    handlers = {kind: hold for kind in JobKind}
-    async with Pipeline(db=db, handlers=handlers, workers=1, lease_s=60, timeout_s=600,
-                        grace_s=1, retry_base_s=1):
-        await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
 LEASE_S = 60
 
 
@@ -102,7 +83,7 @@ async def one_round(db: Database, settings: Settings, index: int, *, survivor: b
             taken.set()
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, settings.database_url, str(settings.data_dir)],
+        [sys.executable, "-m", "tests.job_holder", settings.database_url, str(settings.data_dir)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from findme.db import JobKind, JobStatus, PhotoStatus, Role
+from findme.db import Gallery, JobKind, JobStatus, PhotoStatus, Role
 from findme.domain.accounts import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
 
 Schema = dict[str, Any]
@@ -98,6 +98,11 @@ _USER = obj(
         "created_at": WHEN,
     }
 )
+_GALLERY: Schema = {
+    **enum(Gallery),
+    "description": "own: each attendee sees only the photos they are in; all: everyone who "
+    "joined sees every photo (the organiser and admins always do)",
+}
 _EVENT = obj(
     {
         "id": ID,
@@ -107,6 +112,7 @@ _EVENT = obj(
         "organiser_id": ID,
         "created_at": WHEN,
         "join_path": URL_PATH,
+        "gallery": _GALLERY,
         "my_role": enum(["organiser", "member", "admin"]),
     }
 )
@@ -214,9 +220,11 @@ COMPONENTS: dict[str, Schema] = {
         {
             "name": _text(max_chars=200),
             "date": nullable({"type": "string", "format": "date"}),
+            "gallery": {**_GALLERY, "default": Gallery.own.value},
         },
-        optional=("date",),
+        optional=("date", "gallery"),
     ),
+    "EventChange": obj({"gallery": _GALLERY}),
     "JoinRequest": obj({"code": _text(max_chars=32)}),
     "SelfieUpload": obj(
         {

@@ -86,6 +86,13 @@ class JobStatus(enum.StrEnum):
     failed = "failed"
 
 
+class Gallery(enum.StrEnum):
+    """Whose photos an event's attendees may browse: their own (the default) or all of them."""
+
+    own = "own"
+    all = "all"
+
+
 class JobKind(enum.StrEnum):
     process_photo = "process_photo"
     match_member = "match_member"
@@ -181,6 +188,11 @@ class Event(Base):
     # Cloud engines: the event's collection, created once and recorded so a restart never
     # creates or indexes it again.
     collection_id: Mapped[str | None] = mapped_column(String(255))
+    # Attendees see the photos they are in; the organiser may open every photo to everyone
+    # who joined. Organisers and admins always see all.
+    gallery: Mapped[Gallery] = mapped_column(
+        _enum(Gallery), default=Gallery.own, server_default=Gallery.own.value
+    )
 
 
 class EventMember(Base):

@@ -101,7 +101,10 @@ def rate_limiter(settings: Settings) -> RateLimiter:
     return RateLimiter(
         storage_url=settings.rate_limit_storage,
         rules={
-            "login_ip": (settings.rate_login_ip, "Too many sign-in attempts from your network."),
+            "login_ip": (
+                settings.rate_login_ip,
+                "Too many failed sign-ins from your network. Wait a minute and try again.",
+            ),
             "login_account": (
                 settings.rate_login_account,
                 "Too many failed sign-ins for this account. Check the password, or wait.",

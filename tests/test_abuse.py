@@ -350,6 +350,11 @@ async def test_what_a_stranger_may_not_see_answers_exactly_like_an_unknown_id(
 async def test_a_member_is_told_what_only_the_organiser_may_do(private_event) -> None:
     member, event_id = private_event["member"], private_event["event"]["id"]
     photo_id = private_event["photo_id"]
+    # The photo is not the member's: they see it once the organiser opens the gallery to all.
+    opened = await private_event["organiser"].patch(
+        f"/api/events/{event_id}", json={"gallery": "all"}
+    )
+    assert opened.status_code == 200, opened.text
     assert (await member.get(f"/api/events/{event_id}")).status_code == 200
     assert (await member.get(f"/api/photo/{photo_id}")).status_code == 200
     for response in (

@@ -21,11 +21,11 @@ from findme.engines.local.detectors import (
     make_detector,
 )
 from findme.engines.local.faces import (
-    LocalRecognizer,
     UnreadableImage,
     analyse_photo,
     find_faces,
 )
+from findme.engines.local.pool import LocalRecognizer
 from findme.errors import ConfigurationError
 from tests.crowd import CROWD_DIR, crowd_manifest, iou, score
 from tests.shared_faces import faces_dir

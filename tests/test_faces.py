@@ -20,13 +20,13 @@ from findme.engines.local.faces import (
     DEFAULT_MATCH_THRESHOLD,
     DESCRIPTOR_BYTES,
     FaceAnalysis,
-    LocalRecognizer,
     UnreadableImage,
     analyse_photo,
     analyse_selfie,
     descriptor_distance,
     photo_scan_scale,
 )
+from findme.engines.local.pool import LocalRecognizer
 from findme.engines.matching import nearest_member
 from tests.crowd import CROWD_DIR, crowd_manifest
 from tests.shared_faces import faces_dir, group_shot, manifest

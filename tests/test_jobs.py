@@ -233,35 +233,13 @@ async def test_retention_purges_face_data_but_keeps_matches(db) -> None:
     assert match.face_id is None
 
 
-# A worker process that claims one job and holds it until it is killed.
-HOLDER = """
-import asyncio, sys
-from findme.db import Database, JobKind
-from findme.pipeline import Pipeline
-from findme.settings import Settings
-
-async def main():
-    db = Database(Settings.from_environ({"FINDME_DATABASE_URL": sys.argv[1],
-                                         "FINDME_DATA_DIR": sys.argv[2]}))
-    async def hold(job):
-        print(job.id, flush=True)
-        await asyncio.Event().wait()
-    handlers = {kind: hold for kind in JobKind}
-    async with Pipeline(db=db, handlers=handlers, workers=1, lease_s=60, timeout_s=600,
-                        grace_s=1, retry_base_s=1):
-        await asyncio.Event().wait()
-
-asyncio.run(main())
-"""
-
-
 async def test_the_jobs_of_a_killed_process_on_this_host_are_taken_over_at_once(
     db, settings
 ) -> None:
     event_id, _ = await seed_event(db)
     await add_photos(db, event_id, 1)
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, settings.database_url, str(settings.data_dir)],
+        [sys.executable, "-m", "tests.job_holder", settings.database_url, str(settings.data_dir)],
         stdout=subprocess.PIPE,
         text=True,
     )

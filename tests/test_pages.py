@@ -441,8 +441,31 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
             path=ARTIFACTS / "tile-focus-desktop.png"
         )
 
+        # The event's gallery shows Biden his own photos only, and says so.
+        mine = sorted(data["expected_my_photos"]["biden"])
+        await biden.goto(f"/gallery?event_id={event_id}")
+        await expect(biden.get_by_test_id("gallery-scope")).to_contain_text(
+            "Your photos of Summer gala"
+        )
+        await expect(biden.locator("#photos .tile")).to_have_count(len(mine))
+        assert sorted(await tile_names(biden)) == mine
+        # The photographer opens every photo to everyone who joined, from the event's page.
+        choice = photographer.get_by_label("Everyone who joined sees all photos")
+        await expect(
+            photographer.get_by_label("Attendees see only their own photos")
+        ).to_be_checked()
+        await choice.check()
+        await expect(photographer.locator("#toast")).to_contain_text(
+            "Saved: everyone who joined sees all photos"
+        )
+        await photographer.reload()
+        await expect(choice).to_be_checked()
+
         # The gallery pages through all 15 photos as you scroll (6 per page here).
         await biden.goto(f"/gallery?event_id={event_id}&limit=6")
+        await expect(biden.get_by_test_id("gallery-scope")).to_contain_text(
+            "All photos of Summer gala"
+        )
         for _ in range(10):
             if await biden.locator("#photos .tile").count() == 15:
                 break

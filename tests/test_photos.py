@@ -303,6 +303,9 @@ async def test_only_allowed_viewers_see_photos(organiser, make_user, anon) -> No
     member = await make_user()
     join = await member.post("/api/events/join", json={"code": organiser.event["code"].lower()})
     assert join.status_code == 200
+    # Nobody is in the photo: a member sees it once the organiser opens the gallery to all.
+    assert (await member.get(f"/api/photo/{photo_id}")).status_code == 404
+    await open_gallery(organiser)
     assert (await member.get(f"/api/photo/{photo_id}")).status_code == 200
     assert (await member.get(f"/api/photo/{photo_id}/thumb")).status_code == 200
     for path in (f"/api/photo/{photo_id}", f"/api/photo/{photo_id}/thumb"):
@@ -314,6 +317,13 @@ async def test_only_allowed_viewers_see_photos(organiser, make_user, anon) -> No
     assert (await stranger.get("/api/all-photos")).json()["items"] == []
     assert (await stranger.delete(f"/api/photo/{photo_id}")).status_code == 404
     assert (await member.delete(f"/api/photo/{photo_id}")).status_code == 403
+
+
+async def open_gallery(organiser) -> None:
+    """Every member may see every photo of the organiser's event, matched or not."""
+    path = f"/api/events/{organiser.event['id']}"
+    response = await organiser.patch(path, json={"gallery": "all"})
+    assert response.status_code == 200, response.text
 
 
 def jpeg_with_gps() -> bytes:
@@ -329,6 +339,7 @@ async def test_gps_is_removed_without_touching_pixels(organiser, make_user) -> N
     result = (await upload(organiser, organiser.event["id"], ("gps.jpg", original))).json()
     member = await make_user()
     await member.post("/api/events/join", json={"code": organiser.event["code"]})
+    await open_gallery(organiser)
     served = (await member.get(f"/api/photo/{result['results'][0]['photo_id']}")).content
     assert len(served) == len(original)
     image = Image.open(io.BytesIO(served))

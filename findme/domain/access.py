@@ -4,17 +4,22 @@ Ids are sequential, so what the caller may not see answers exactly as an unknown
 same sentence): nobody learns which events, photos or jobs exist by trying ids. A 403 is only
 for what the caller can see but may not do: a member of an event asking for what only its
 organiser may do (delete it or its photos, upload into it).
+
+Photos: an event's organiser and admins see all of them; a member sees the photos they are
+matched to, or every photo of the event if its organiser chose so (`Event.gallery`).
+`photos_seen_by` is that rule for lists, and `viewable_photo` applies the same condition to one
+photo, so lists, originals, thumbnails and "not me" cannot disagree.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import ColumnElement, Select, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme.auth import Principal
-from findme.db import Event, EventMember, Job, Photo
+from findme.db import Event, EventMember, FaceMatch, Gallery, Job, Photo
 from findme.errors import Forbidden, NotFound
 from findme.services import AppState
 
@@ -25,9 +30,27 @@ def my_events(user_id: int) -> Select[Any]:
     return select(Event.id).where(or_(Event.organiser_id == user_id, Event.id.in_(member_of)))
 
 
-def visible_events(principal: Principal) -> Select[Any]:
-    """The ids of the events whose photos the caller may see: an admin sees every event."""
-    return select(Event.id) if principal.is_admin else my_events(principal.id)
+def photos_seen_by(principal: Principal) -> ColumnElement[bool]:
+    """The photos the caller may see, as a condition on Photo."""
+    if principal.is_admin:
+        return true()
+    organised = select(Event.id).where(Event.organiser_id == principal.id)
+    return or_(Photo.event_id.in_(organised), _member_sees(principal.id))
+
+
+def _member_sees(user_id: int) -> ColumnElement[bool]:
+    """Every photo of the joined events open to all; in the others, the person's matches."""
+    joined = select(EventMember.event_id).where(EventMember.user_id == user_id)
+    shared = select(Event.id).where(Event.id.in_(joined), Event.gallery == Gallery.all)
+    matched = select(FaceMatch.photo_id).where(
+        FaceMatch.user_id == user_id, FaceMatch.event_id.in_(joined)
+    )
+    return or_(Photo.event_id.in_(shared), Photo.id.in_(matched))
+
+
+def sees_every_photo(event: Event, role: str) -> bool:
+    """Whether the caller, in this relation to the event, sees all its photos (for pages)."""
+    return role in {"organiser", "admin"} or event.gallery == Gallery.all
 
 
 NO_EVENT = "There is no event with this id."
@@ -62,11 +85,17 @@ async def viewable_photo(
     *,
     organiser: bool = False,
 ) -> Photo:
-    """The photo if the caller may see it (its event's organiser, a member, or an admin), or
-    change it (`organiser`); 404 and 403 as for events."""
+    """The photo if the caller may see it (see `photos_seen_by`), or change it (`organiser`);
+    404 and 403 as for events: a member is told a photo not theirs to see does not exist."""
     photo = await session.get(Photo, photo_id)
     seen = None if photo is None else await _seen_event(state, session, principal, photo.event_id)
     if photo is None or seen is None:
+        raise NotFound(NO_PHOTO)
+    # The event's gallery setting is read afresh here, not from the cached event: an organiser
+    # who closes the gallery closes it at once, on every instance.
+    if seen[1] == "member" and not await session.scalar(
+        select(Photo.id).where(Photo.id == photo.id, _member_sees(principal.id))
+    ):
         raise NotFound(NO_PHOTO)
     if organiser and seen[1] == "member":
         raise Forbidden(ORGANISER_ONLY)

@@ -1,4 +1,4 @@
-"""Events: codes, creation, joining, progress and deletion."""
+"""Events: codes, creation, settings, joining, progress and deletion."""
 
 from __future__ import annotations
 
@@ -6,12 +6,22 @@ import datetime as dt
 import secrets
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme import jobs
 from findme.auth import Principal
-from findme.db import Event, EventMember, Face, FaceMatch, Job, JobKind, JobStatus, Photo
+from findme.db import (
+    Event,
+    EventMember,
+    Face,
+    FaceMatch,
+    Gallery,
+    Job,
+    JobKind,
+    JobStatus,
+    Photo,
+)
 from findme.domain.access import my_events
 from findme.domain.erasure import erase
 from findme.domain.views import job_link
@@ -43,16 +53,36 @@ def role_of(event: Event, user_id: int) -> str:
 
 
 async def create_event(
-    state: AppState, principal: Principal, *, name: str, date: dt.date | None
+    state: AppState,
+    principal: Principal,
+    *,
+    name: str,
+    date: dt.date | None,
+    gallery: Gallery = Gallery.own,
 ) -> Event:
     async with state.db.transaction() as session:
         # Codes are random: a collision is rare, and the unique constraint catches it.
         code = new_event_code()
         while await session.scalar(select(func.count()).where(Event.code == code)):
             code = new_event_code()
-        event = Event(name=name, date=date, code=code, organiser_id=principal.id)
+        event = Event(name=name, date=date, code=code, organiser_id=principal.id, gallery=gallery)
         session.add(event)
         await session.flush()
+    return event
+
+
+async def set_gallery(state: AppState, event_id: int, gallery: Gallery) -> Event:
+    """Who browses the event's photos: each attendee their own, or everyone who joined all.
+
+    Access checks read the setting from the database, not the cached event, so closing the
+    gallery takes effect at once everywhere; the cache is dropped so pages here say so too.
+    """
+    async with state.db.transaction() as session:
+        await session.execute(update(Event).where(Event.id == event_id).values(gallery=gallery))
+        event = await session.get(Event, event_id)
+    state.caches.events.invalidate({event_id})
+    if event is None:
+        raise NotFound("There is no event with this id.")
     return event
 
 

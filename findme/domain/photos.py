@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from findme import jobs
 from findme.auth import Principal
 from findme.db import Face, FaceMatch, Photo, RejectedMatch
-from findme.domain.access import visible_events
+from findme.domain.access import photos_seen_by
 from findme.domain.erasure import erase
 from findme.domain.views import iso, photo_json
 from findme.errors import AlreadyExists
@@ -89,13 +89,11 @@ async def gallery_items(
     cursor: int,
     limit: int,
 ) -> list[dict[str, Any]]:
-    """The photos of one event (access checked by the caller), or of every event the caller
-    may see, after `cursor`."""
-    query = select(*PHOTO_COLUMNS).where(Photo.id > cursor)
+    """The photos the caller may see (`photos_seen_by`) of one event, or of every event,
+    after `cursor`."""
+    query = select(*PHOTO_COLUMNS).where(Photo.id > cursor, photos_seen_by(principal))
     if event_id is not None:
         query = query.where(Photo.event_id == event_id)
-    else:
-        query = query.where(Photo.event_id.in_(visible_events(principal)))
     rows = (await session.execute(query.order_by(Photo.id).limit(limit))).all()
     return [photo_json(row) for row in rows]
 

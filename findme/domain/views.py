@@ -31,6 +31,7 @@ def event_json(event: Event, *, role: str) -> dict[str, Any]:
         "organiser_id": event.organiser_id,
         "created_at": iso(event.created_at),
         "join_path": f"/join/{event.code}",
+        "gallery": event.gallery.value,
         "my_role": role,
     }
 

@@ -39,7 +39,7 @@ from findme.routes.common import (
 @api(
     "One job's status",
     auth="its owner, its event's organiser, or an admin",
-    responses={200: Reply("the job", ref("Job")), 403: "not my job", 404: "no such job"},
+    responses={200: Reply("the job", ref("Job")), 404: "no such job, or not mine"},
 )
 async def get_job(request: Request) -> Response:
     principal = await require_user(request)

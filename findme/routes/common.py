@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -221,10 +220,6 @@ def _whole_number(raw: str) -> int | None:
     digits = raw.lstrip("0") or "0"
     # Past 19 digits it is out of any range here; int() of thousands of digits is slow, or fails.
     return int(digits) if len(digits) <= 19 else 10**19
-
-
-def iso(value: dt.datetime | dt.date | None) -> str | None:
-    return None if value is None else value.isoformat()
 
 
 def json_bytes(content: Any) -> bytes:

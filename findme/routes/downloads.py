@@ -37,7 +37,6 @@ _UNSAFE_NAME = re.compile(r'[\x00-\x1f\x7f<>:"|?*]+')
             media_type="application/zip",
             headers={"Content-Disposition": "attachment, with the event's name"},
         ),
-        403: "not a member",
         404: "no such event, or no photo of me in it",
     },
 )
@@ -111,8 +110,7 @@ def unique_names(files: Iterable[tuple[str, int]]) -> list[str]:
     query={"download": DOWNLOAD},
     responses={
         200: Reply("the QR code of the join link", TEXT, media_type="image/svg+xml"),
-        403: "not a member",
-        404: "no such event",
+        404: "no such event, or not one of mine",
     },
 )
 async def event_qr(request: Request) -> Response:

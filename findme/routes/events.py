@@ -1,4 +1,4 @@
-"""Events: create, join by code, list, show, progress, delete."""
+"""Events: create, join by code, list, show, change, progress, delete."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from findme.api_schemas import (
     obj,
     ref,
 )
-from findme.db import JobStatus, PhotoStatus, Role
+from findme.db import Gallery, JobStatus, PhotoStatus, Role
 from findme.domain import events, oversight
 from findme.domain.access import event_for
 from findme.domain.views import event_json, job_link
@@ -83,8 +83,21 @@ async def create_event(request: Request) -> Response:
     body = await read_json(request)
     name = text_field(body, "name", max_chars=200)
     date = _parse_date(body.get("date"))
-    event = await events.create_event(app_state(request), principal, name=name, date=date)
+    raw_gallery = body.get("gallery")
+    gallery = Gallery.own if raw_gallery is None else _parse_gallery(raw_gallery)
+    event = await events.create_event(
+        app_state(request), principal, name=name, date=date, gallery=gallery
+    )
     return json_response(event_json(event, role="organiser"), 201)
+
+
+def _parse_gallery(raw: Any) -> Gallery:
+    if not isinstance(raw, str) or raw not in {item.value for item in Gallery}:
+        raise BadRequest(
+            '\'gallery\' must be "own" (attendees see only their own photos) or "all" '
+            "(everyone who joined sees all photos)."
+        )
+    return Gallery(raw)
 
 
 def _parse_date(raw: Any) -> dt.date | None:
@@ -112,7 +125,6 @@ async def list_events(request: Request) -> Response:
     auth="its organiser, a member, or an admin",
     responses={
         200: Reply("the event", ref("EventDetail")),
-        403: "not a member",
         404: "no such event",
     },
 )
@@ -123,6 +135,30 @@ async def get_event(request: Request) -> Response:
         event, role = await event_for(state, session, principal, path_id(request, "event_id"))
         counts = await events.counts(session, event.id)
     return json_response({**event_json(event, role=role), "counts": counts})
+
+
+@api(
+    "Change an event's settings: who may browse its photos",
+    auth="its organiser or an admin",
+    body=Body(ref("EventChange")),
+    responses={
+        200: Reply("the event, changed", ref("Event")),
+        403: "a member, not its organiser",
+        404: "no such event",
+    },
+)
+async def change_event(request: Request) -> Response:
+    principal = await require_user(request)
+    state = app_state(request)
+    event_id = path_id(request, "event_id")
+    body = await read_json(request)
+    if "gallery" not in body:
+        raise BadRequest('\'gallery\' is required: "own" or "all".')
+    gallery = _parse_gallery(body["gallery"])
+    async with state.db.sessions() as session:
+        event, role = await event_for(state, session, principal, event_id, organiser=True)
+    changed = await events.set_gallery(state, event.id, gallery)
+    return json_response(event_json(changed, role=role))
 
 
 @api(
@@ -150,7 +186,6 @@ async def join_event(request: Request) -> Response:
     auth="its organiser, a member, or an admin",
     responses={
         200: Reply("the counts", ref("Progress")),
-        403: "not a member",
         404: "no such event",
     },
 )
@@ -165,7 +200,7 @@ async def event_progress(request: Request) -> Response:
 @api(
     "Delete an event with its photos, faces and matches",
     auth="its organiser or an admin",
-    responses={204: "deleted", 403: "not its organiser", 404: "no such event"},
+    responses={204: "deleted", 403: "a member, not its organiser", 404: "no such event"},
 )
 async def delete_event(request: Request) -> Response:
     principal = await require_user(request)
@@ -189,7 +224,7 @@ async def delete_event(request: Request) -> Response:
     },
     responses={
         200: Reply("a page of photos, and the counts", _PHOTO_STATUS_PAGE),
-        403: "not its organiser",
+        403: "a member, not its organiser",
         404: "no such event",
     },
 )
@@ -230,7 +265,7 @@ async def event_photos(request: Request) -> Response:
     auth="its organiser or an admin",
     responses={
         200: Reply("how many were queued again", obj({"retried": COUNT})),
-        403: "not its organiser",
+        403: "a member, not its organiser",
         404: "no such event",
     },
 )
@@ -253,6 +288,7 @@ routes = [
     Route("/api/events", list_events, methods=["GET"]),
     Route("/api/events/join", join_event, methods=["POST"]),
     Route("/api/events/{event_id}", get_event, methods=["GET"]),
+    Route("/api/events/{event_id}", change_event, methods=["PATCH"]),
     Route("/api/events/{event_id}", delete_event, methods=["DELETE"]),
     Route("/api/events/{event_id}/progress", event_progress, methods=["GET"]),
     Route("/api/events/{event_id}/photos", event_photos, methods=["GET"]),

@@ -7,18 +7,20 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from findme.api_schemas import BINARY, DOWNLOAD, Reply
+from findme.db import Photo
 from findme.domain.access import viewable_photo
 from findme.errors import NotFound
 from findme.images import CONTENT_TYPES
 from findme.routes.common import api, app_state, path_id, require_user
 from findme.routes.files import IMMUTABLE, content_disposition, not_modified
+from findme.services import AppState
 
 _CACHED = {"ETag": "the bytes' hash", "Cache-Control": IMMUTABLE}
 
 
 @api(
     "A photo's original bytes (also at /api/image/{photo_id})",
-    auth="its event's organiser, a member, or an admin",
+    auth="its event's organiser, an admin, or a member its gallery setting lets see it",
     query={"download": DOWNLOAD},
     responses={
         200: Reply(
@@ -28,15 +30,11 @@ _CACHED = {"ETag": "the bytes' hash", "Cache-Control": IMMUTABLE}
             headers=_CACHED,
         ),
         304: "not modified (If-None-Match)",
-        403: "not a member of its event",
-        404: "no such photo",
+        404: "no such photo, or not one I may see",
     },
 )
 async def photo_original(request: Request) -> Response:
-    principal = await require_user(request)
-    state = app_state(request)
-    async with state.db.sessions() as session:
-        photo = await viewable_photo(state, session, principal, path_id(request, "photo_id"))
+    state, photo = await _viewable_photo(request)
     etag = f'"{photo.sha256}"'
     cached = not_modified(request, etag)
     if cached is not None:
@@ -59,19 +57,15 @@ async def photo_original(request: Request) -> Response:
 
 @api(
     "A photo's thumbnail for grids (JPEG)",
-    auth="its event's organiser, a member, or an admin",
+    auth="its event's organiser, an admin, or a member its gallery setting lets see it",
     responses={
         200: Reply("the thumbnail", BINARY, media_type="image/jpeg", headers=_CACHED),
         304: "not modified (If-None-Match)",
-        403: "not a member of its event",
-        404: "no such photo, or no thumbnail yet",
+        404: "no such photo (or not one I may see), or no thumbnail yet",
     },
 )
 async def photo_thumbnail(request: Request) -> Response:
-    principal = await require_user(request)
-    state = app_state(request)
-    async with state.db.sessions() as session:
-        photo = await viewable_photo(state, session, principal, path_id(request, "photo_id"))
+    state, photo = await _viewable_photo(request)
     etag = f'"{photo.sha256}-thumb"'
     cached = not_modified(request, etag)
     if cached is not None:
@@ -84,6 +78,14 @@ async def photo_thumbnail(request: Request) -> Response:
         media_type="image/jpeg",
         headers={"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"},
     )
+
+
+async def _viewable_photo(request: Request) -> tuple[AppState, Photo]:
+    principal = await require_user(request)
+    state = app_state(request)
+    async with state.db.sessions() as session:
+        photo = await viewable_photo(state, session, principal, path_id(request, "photo_id"))
+    return state, photo
 
 
 routes = [

@@ -17,7 +17,7 @@ from findme.auth import Principal
 from findme.db import EventMember, Role, User
 from findme.domain import events as event_domain
 from findme.domain import oversight
-from findme.domain.access import event_for
+from findme.domain.access import event_for, sees_every_photo
 from findme.domain.accounts import MAX_SELFIES, consent_text, list_selfies
 from findme.domain.photos import latest_match_id
 from findme.errors import Forbidden, NotFound
@@ -272,14 +272,30 @@ async def _photo_page(request: Request, principal: Principal) -> dict[str, Any] 
         after = await latest_match_id(
             session, user_id=principal.id, event_id=event.id if event is not None else None
         )
+    # Whether the gallery holds every photo of the event (of every event listed), or only some:
+    # the pages and their links say which, and never promise photos the API will not show.
+    if event is not None:
+        sees_all = sees_every_photo(event, role)
+        shares_some = sees_all
+    else:
+        seen = [
+            principal.is_admin or sees_every_photo(item["event"], _role(item)) for item in events
+        ]
+        sees_all, shares_some = all(seen), any(seen)
     return {
         "event": event,
         "role": role,
+        "sees_all": sees_all,
+        "shares_some": shares_some,
         "date": _date(event.date) if event is not None else "",
         "events": events,
         "after": after,
         "has_selfie": principal.user.selfie_updated_at is not None,
     }
+
+
+def _role(item: dict[str, Any]) -> str:
+    return "organiser" if item["organiser"] else "member"
 
 
 async def my_photos(request: Request) -> Response:
@@ -323,6 +339,7 @@ async def event_page(request: Request) -> Response:
         date=_date(event.date),
         role=role,
         manage=role in {"organiser", "admin"},
+        sees_all=sees_every_photo(event, role),
         organiser_name=organiser.name if organiser is not None else "",
         join_url=event_domain.join_url(str(request.base_url), event.code),
         progress=figures,

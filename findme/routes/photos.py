@@ -50,12 +50,12 @@ def _paged(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
 
 
 @api(
-    "The event gallery (or every event I may see), paged by cursor; metadata only",
+    "The photos I may see of an event (or of every event), paged by cursor; metadata only. "
+    "A member of an event whose gallery is 'own' sees the photos they are matched to",
     query=_PAGE_QUERY,
     responses={
         200: Reply("a page of photos", ref("PhotoPage")),
-        403: "not a member of this event",
-        404: "no such event",
+        404: "no such event, or not one of mine",
     },
 )
 async def all_photos(request: Request) -> Response:
@@ -76,8 +76,7 @@ async def all_photos(request: Request) -> Response:
     query=_PAGE_QUERY,
     responses={
         200: Reply("a page of my photos", ref("MyPhotoPage")),
-        403: "not a member of this event",
-        404: "no such event",
+        404: "no such event, or not one of mine",
     },
 )
 async def my_photos(request: Request) -> Response:
@@ -102,7 +101,11 @@ async def my_photos(request: Request) -> Response:
 @api(
     "Delete a photo",
     auth="its event's organiser, or an admin",
-    responses={204: "deleted", 403: "not its event's organiser", 404: "no such photo"},
+    responses={
+        204: "deleted",
+        403: "a member of its event, not its organiser",
+        404: "no such photo",
+    },
 )
 async def delete_photo(request: Request) -> Response:
     principal = await require_user(request)
@@ -118,7 +121,7 @@ async def delete_photo(request: Request) -> Response:
 @api(
     "Not me: remove my match to this photo, for good",
     auth="a member of its event",
-    responses={204: "removed", 403: "not a member of its event", 404: "no such photo"},
+    responses={204: "removed", 404: "no such photo"},
 )
 async def not_me(request: Request) -> Response:
     principal = await require_user(request)

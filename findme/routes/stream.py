@@ -73,8 +73,7 @@ def _resume_after(request: Request) -> int:
             TEXT,
             media_type="text/event-stream",
         ),
-        403: "not a member of this event",
-        404: "no such event",
+        404: "no such event, or not one of mine",
     },
 )
 async def my_photos_stream(request: Request) -> Response:

@@ -622,3 +622,27 @@ deleteForm.addEventListener("submit", async (event) => {
   }
   location.assign("/?deleted=1");
 });
+
+// Who sees the photos: saved as soon as the organiser picks a choice.
+const galleryForm = document.getElementById("gallery-form");
+const GALLERY_SAVED = {
+  own: "Saved: attendees see only their own photos",
+  all: "Saved: everyone who joined sees all photos",
+};
+let galleryChoice = galleryForm.elements.gallery.value;
+galleryForm.addEventListener("change", async () => {
+  const choice = galleryForm.elements.gallery.value;
+  showError(galleryForm, "");
+  galleryForm.setAttribute("aria-busy", "true");
+  try {
+    const changed = await api(`/api/events/${eventId}`, { method: "PATCH", json: { gallery: choice } });
+    galleryChoice = changed.gallery;
+    toast(GALLERY_SAVED[changed.gallery]);
+  } catch (error) {
+    // The choice shown must be the one that holds.
+    galleryForm.elements.gallery.value = galleryChoice;
+    if (!handleSignedOut(error)) showError(galleryForm, error.detail);
+  } finally {
+    galleryForm.removeAttribute("aria-busy");
+  }
+});

@@ -98,7 +98,8 @@ if (grid) {
     empty.querySelector('[data-icon="waiting"]').hidden = finished;
     empty.querySelector('[data-icon="finished"]').hidden = !finished;
     advice.hidden = !finished;
-    browse.hidden = finished;
+    // Offered only where the caller may see every photo (the page leaves it out otherwise).
+    if (browse) browse.hidden = finished;
     line.textContent = "";
     if (!hasSelfie) {
       title.textContent = "No photos of you yet";

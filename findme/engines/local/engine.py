@@ -17,7 +17,8 @@ from findme.engines.base import (
     finish_photo,
     store_faces,
 )
-from findme.engines.local.faces import DESCRIPTOR_BYTES, LocalRecognizer, UnreadableImage
+from findme.engines.local.faces import DESCRIPTOR_BYTES, UnreadableImage
+from findme.engines.local.pool import LocalRecognizer
 from findme.engines.matching import FaceRow, assign_faces, rejections, sync_matches
 from findme.errors import BadRequest, NoFace, SeveralFaces
 from findme.jobs import ClaimedJob

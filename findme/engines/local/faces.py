@@ -7,24 +7,15 @@ the constants below.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import importlib.util
 import io
 import logging
 import math
-import multiprocessing
-import os
-import signal
 import struct
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import dlib
@@ -65,7 +56,6 @@ __all__ = [
     "DetectedFace",
     "FaceAnalysis",
     "FoundFaces",
-    "LocalRecognizer",
     "UnreadableImage",
     "analyse_photo",
     "analyse_selfie",
@@ -77,9 +67,6 @@ __all__ = [
 # The descriptor sees a 150 px chip (face ~100 px + 25 % padding): pixels are decoded at a scale
 # where the smallest face the scan can find still covers the chip without being upscaled.
 _CHIP_PX = 150
-# An engine process is replaced after this many calls: the CNN's wheel leaks its 36 KB result
-# buffer on every scan (~0.1 MB a photo), and a fresh process costs ~1 s of model loading.
-_TASKS_PER_PROCESS = 1000
 # Landmarks and descriptor run on a crop this many face widths around the box, not the photo.
 _CROP_PADDING = 0.5
 # Photo formats only (JPEG includes the camera JPEGs Pillow reports as MPO): none of Pillow's
@@ -170,6 +157,12 @@ def _detector(name: str, min_score: float) -> Detector:
     if key not in _detectors:
         _detectors[key] = make_detector(available_detector(name), min_score=min_score)
     return _detectors[key]
+
+
+def prepare_process(detector: str, min_score: float) -> None:
+    """Load what the face code needs, once per process: an engine process does it as it starts."""
+    _load_models()
+    _detector(detector, min_score)
 
 
 def analyse_photo(
@@ -324,133 +317,3 @@ def descriptor_distance(a: bytes, b: bytes) -> float:
     va = np.frombuffer(a, _DESCRIPTOR_DTYPE).astype(np.float64)
     vb = np.frombuffer(b, _DESCRIPTOR_DTYPE).astype(np.float64)
     return float(np.linalg.norm(va - vb))
-
-
-def _init_worker(niceness: int, detector: str, min_score: float) -> None:
-    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Face work is background work: the web process and the database come first for the CPU,
-    # so pages stay quick while a mass upload is processed.
-    os.nice(niceness)
-    _exit_with_parent(os.getppid())
-    _load_models()
-    _detector(detector, min_score)
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """If the server is killed (SIGKILL, out of memory), its engine processes go too.
-
-    Without this they wait forever on the pool's queue, each holding the models in memory.
-    """
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _worker_pid() -> int:
-    # Long enough that one ready worker cannot take every warm-up call.
-    time.sleep(0.05)
-    return os.getpid()
-
-
-class LocalRecognizer:
-    """Runs the face code in a pool of processes that each load the dlib models once."""
-
-    def __init__(
-        self,
-        *,
-        processes: int,
-        min_face_px: int,
-        niceness: int = 10,
-        detector: str = DEFAULT_DETECTOR,
-        min_score: float = DEFAULT_MIN_SCORE,
-    ) -> None:
-        self.processes = processes
-        self.min_face_px = min_face_px
-        self.niceness = niceness
-        # Resolved here, once: a "cnn" that cannot run fails at startup, an "auto" that falls
-        # back to HOG warns once, and every worker process uses the same detector.
-        self.detector_name = available_detector(detector)
-        self.min_score = min_score
-        self._pool: ProcessPoolExecutor | None = None
-
-    async def __aenter__(self) -> LocalRecognizer:
-        models_dir()  # fail at startup, not in every worker
-        self._pool = self._new_pool()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            # Waiting for a running call to finish must not block the event loop.
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-
-    async def warm_up(self) -> None:
-        """Start every worker process and load its models, so the first photo is not slow."""
-        started = time.perf_counter()
-        seen: set[int] = set()
-        while len(seen) < self.processes:
-            calls = [self._run(_worker_pid) for _ in range(self.processes)]
-            seen.update(await asyncio.gather(*calls))
-        logger.info(
-            "Face recognition ready in %d processes (%.1f s)",
-            self.processes,
-            time.perf_counter() - started,
-            extra={"action": "recognizer_warm_up"},
-        )
-
-    async def analyse_photo(self, data: bytes) -> FaceAnalysis:
-        return await self._run(
-            functools.partial(
-                analyse_photo,
-                data,
-                min_face_px=self.min_face_px,
-                detector=self.detector_name,
-                min_score=self.min_score,
-            )
-        )
-
-    async def analyse_selfie(self, data: bytes) -> FaceAnalysis:
-        return await self._run(
-            functools.partial(
-                analyse_selfie, data, detector=self.detector_name, min_score=self.min_score
-            )
-        )
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.processes,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(self.niceness, self.detector_name, self.min_score),
-            max_tasks_per_child=_TASKS_PER_PROCESS,
-        )
-
-    async def _run(self, call: Callable[[], _T]) -> _T:
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError("LocalRecognizer is not open: use it as `async with`.")
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(pool, call)
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory): start a fresh pool and try once more.
-            if self._pool is pool:
-                logger.warning(
-                    "A face recognition process died; restarting the pool",
-                    extra={"action": "recognizer_restart"},
-                )
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = self._new_pool()
-            if self._pool is None:
-                raise
-            return await loop.run_in_executor(self._pool, call)

@@ -30,7 +30,7 @@ from findme.engines.base import (
     store_faces,
 )
 from findme.engines.local.engine import open_recognizer, selfie_descriptor
-from findme.engines.local.faces import LocalRecognizer
+from findme.engines.local.pool import LocalRecognizer
 from findme.engines.matching import Candidate
 from findme.engines.rekognition.client import (
     FaceHit,

@@ -1,0 +1,167 @@
+"""The local engine's process pool: the face code runs in processes, never on the event loop.
+
+dlib holds the GIL while it works, so each engine process loads the models once and takes one
+photo at a time; a process that dies is replaced, and so is one that served many photos.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from types import TracebackType
+from typing import TypeVar
+
+from findme.engines.local.detectors import DEFAULT_DETECTOR, DEFAULT_MIN_SCORE, available_detector
+from findme.engines.local.faces import (
+    FaceAnalysis,
+    analyse_photo,
+    analyse_selfie,
+    models_dir,
+    prepare_process,
+)
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# An engine process is replaced after this many calls: the CNN's wheel leaks its 36 KB result
+# buffer on every scan (~0.1 MB a photo), and a fresh process costs ~1 s of model loading.
+_TASKS_PER_PROCESS = 1000
+
+
+def _init_worker(niceness: int, detector: str, min_score: float) -> None:
+    # Ctrl-C reaches the whole process group: the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Face work is background work: the web process and the database come first for the CPU,
+    # so pages stay quick while a mass upload is processed.
+    os.nice(niceness)
+    _exit_with_parent(os.getppid())
+    prepare_process(detector, min_score)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """If the server is killed (SIGKILL, out of memory), its engine processes go too.
+
+    Without this they wait forever on the pool's queue, each holding the models in memory.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker_pid() -> int:
+    # Long enough that one ready worker cannot take every warm-up call.
+    time.sleep(0.05)
+    return os.getpid()
+
+
+class LocalRecognizer:
+    """Runs the face code in a pool of processes that each load the dlib models once."""
+
+    def __init__(
+        self,
+        *,
+        processes: int,
+        min_face_px: int,
+        niceness: int = 10,
+        detector: str = DEFAULT_DETECTOR,
+        min_score: float = DEFAULT_MIN_SCORE,
+    ) -> None:
+        self.processes = processes
+        self.min_face_px = min_face_px
+        self.niceness = niceness
+        # Resolved here, once: a "cnn" that cannot run fails at startup, an "auto" that falls
+        # back to HOG warns once, and every worker process uses the same detector.
+        self.detector_name = available_detector(detector)
+        self.min_score = min_score
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def __aenter__(self) -> LocalRecognizer:
+        models_dir()  # fail at startup, not in every worker
+        self._pool = self._new_pool()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Waiting for a running call to finish must not block the event loop.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def warm_up(self) -> None:
+        """Start every worker process and load its models, so the first photo is not slow."""
+        started = time.perf_counter()
+        seen: set[int] = set()
+        while len(seen) < self.processes:
+            calls = [self._run(_worker_pid) for _ in range(self.processes)]
+            seen.update(await asyncio.gather(*calls))
+        logger.info(
+            "Face recognition ready in %d processes (%.1f s)",
+            self.processes,
+            time.perf_counter() - started,
+            extra={"action": "recognizer_warm_up"},
+        )
+
+    async def analyse_photo(self, data: bytes) -> FaceAnalysis:
+        return await self._run(
+            functools.partial(
+                analyse_photo,
+                data,
+                min_face_px=self.min_face_px,
+                detector=self.detector_name,
+                min_score=self.min_score,
+            )
+        )
+
+    async def analyse_selfie(self, data: bytes) -> FaceAnalysis:
+        return await self._run(
+            functools.partial(
+                analyse_selfie, data, detector=self.detector_name, min_score=self.min_score
+            )
+        )
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.niceness, self.detector_name, self.min_score),
+            max_tasks_per_child=_TASKS_PER_PROCESS,
+        )
+
+    async def _run(self, call: Callable[[], _T]) -> _T:
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("LocalRecognizer is not open: use it as `async with`.")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(pool, call)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): start a fresh pool and try once more.
+            if self._pool is pool:
+                logger.warning(
+                    "A face recognition process died; restarting the pool",
+                    extra={"action": "recognizer_restart"},
+                )
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+            if self._pool is None:
+                raise
+            return await loop.run_in_executor(self._pool, call)
