@@ -26,9 +26,8 @@ from findme.engines.local.faces import (
     descriptor_distance,
     find_faces,
 )
-from findme.engines.matching import nearest_member
 from tests.crowd import CROWD_DIR, crowd_manifest, iou, scaled, score
-from tests.shared_faces import faces_dir, group_shot, manifest
+from tests.shared_faces import faces_dir, group_shot, manifest, rightly_matched
 
 MIN_FACE_PX = 120  # the settings default
 CAMERA_PX = 6000
@@ -109,13 +108,13 @@ def group_shots(members: dict[int, bytes], people: list[str]) -> None:
             analyse_s, analysis = cpu_timed(
                 lambda d=data, n=name: analyse_photo(d, min_face_px=MIN_FACE_PX, detector=n)
             )
-            right = 0
-            for person, box in pasted:
-                best = max(analysis.faces, key=lambda f, b=box: iou(f.box, b), default=None)
-                if best is None or iou(best.box, box) < 0.5:
-                    continue
-                match = nearest_member(best.descriptor, members, threshold=DEFAULT_MATCH_THRESHOLD)
-                right += match is not None and people[match[0]] == person
+            right = rightly_matched(
+                analysis.faces,
+                pasted,
+                selfies=members,
+                people=dict(enumerate(people)),
+                threshold=DEFAULT_MATCH_THRESHOLD,
+            )
             print(
                 f"{label:22} {name:8} {f'{len(analysis.faces)}/{len(pasted)}':>6} {right:>6}"
                 f" {detect_s:9.2f} {analyse_s:10.2f}"

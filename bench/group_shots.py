@@ -25,8 +25,7 @@ from findme.engines.local.faces import (
     photo_scan_scale,
 )
 from findme.engines.local.pool import LocalRecognizer
-from findme.engines.matching import nearest_member
-from tests.shared_faces import faces_dir, group_shot, manifest
+from tests.shared_faces import faces_dir, group_shot, manifest, rightly_matched
 
 MIN_FACE_SIZES = (120, 160, 200)
 RUNS = 3
@@ -39,12 +38,6 @@ def timed(data: bytes, min_face_px: int, runs: int = RUNS) -> tuple[float, FaceA
         analysis = analyse_photo(data, min_face_px=min_face_px)
         best = min(best, time.perf_counter() - started)
     return best, analysis
-
-
-def overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
-    return inter / (area - inter)
 
 
 def portrait(data: bytes) -> bytes:
@@ -133,13 +126,13 @@ def main() -> None:
             seconds, analysis = timed(photo, min_face_px)
             w, h = analysis.width, analysis.height
             scale = photo_scan_scale(w, h, min_face_px=min_face_px)
-            right = 0
-            for person, box in pasted:
-                best = max(analysis.faces, key=lambda f, b=box: overlap(f.box, b), default=None)
-                if best is None or overlap(best.box, box) < 0.5:
-                    continue
-                found = nearest_member(best.descriptor, members, threshold=DEFAULT_MATCH_THRESHOLD)
-                right += found is not None and people[found[0]] == person
+            right = rightly_matched(
+                analysis.faces,
+                pasted,
+                selfies=members,
+                people=dict(enumerate(people)),
+                threshold=DEFAULT_MATCH_THRESHOLD,
+            )
             print(
                 f"{label:32} {len(photo) / 1e6:4.1f} {min_face_px:>6}px"
                 f" {f'{round(w * scale)}x{round(h * scale)}':>10}"

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.shared_faces import iou
+
 
 def _crowd_dir() -> Path:
     """`FINDME_CROWD_DIR`, else `<repo>/../shared/crowd`, beside the shared faces."""
@@ -39,14 +41,6 @@ def crowd_manifest() -> dict[str, Any]:
     """manifest.json: per photo its size, the faces to find and the faces that may be found."""
     photos: dict[str, Any] = json.loads((CROWD_DIR / "manifest.json").read_text())["photos"]
     return photos
-
-
-def iou(a: Box, b: Box) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0, width) * max(0, height)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union else 0.0
 
 
 def _inside(a: Box, b: Box) -> float:

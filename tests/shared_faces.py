@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +107,33 @@ def group_shot(
     out = io.BytesIO()
     canvas.save(out, "JPEG", quality=quality)
     return out.getvalue(), pasted
+
+
+def iou(a: Sequence[int], b: Sequence[int]) -> float:
+    """How much two boxes (left, top, right, bottom) overlap: intersection over union."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0, width) * max(0, height)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def rightly_matched(
+    faces: Sequence[Any],
+    pasted: Sequence[tuple[str, Sequence[int]]],
+    *,
+    selfies: Mapping[int, bytes],
+    people: Mapping[int, str],
+    threshold: float,
+) -> int:
+    """How many faces pasted in a group shot were found (IoU ≥ 0.5) and matched to the person."""
+    from findme.engines.matching import nearest_member
+
+    right = 0
+    for person, box in pasted:
+        best = max(faces, key=lambda face: iou(face.box, box), default=None)
+        if best is None or iou(best.box, box) < 0.5:
+            continue
+        match = nearest_member(best.descriptor, selfies, threshold=threshold)
+        right += match is not None and people[match[0]] == person
+    return right

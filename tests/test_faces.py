@@ -29,7 +29,7 @@ from findme.engines.local.faces import (
 from findme.engines.local.pool import LocalRecognizer
 from findme.engines.matching import nearest_member
 from tests.crowd import CROWD_DIR, crowd_manifest
-from tests.shared_faces import faces_dir, group_shot, manifest
+from tests.shared_faces import faces_dir, group_shot, iou, manifest
 
 MIN_FACE_PX = 120  # the settings default
 GROUP_FACE_WIDTHS = [120, 129, 138, 147, 156, 164, 173, 182, 191, 200]
@@ -43,14 +43,6 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     out = io.BytesIO()
     image.save(out, fmt, **options)
     return out.getvalue()
-
-
-def iou(a, b) -> float:
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0, width) * max(0, height)
-    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])
-    return inter / (area - inter)
 
 
 @pytest.fixture(scope="module")
