@@ -12,11 +12,15 @@ import logging
 import resource
 from dataclasses import dataclass
 
+from findme.errors import NotReady
+
 logger = logging.getLogger(__name__)
 
 # Files the process needs besides live streams: the database pool, engine pipes, uploads in
 # flight, log files, ordinary requests.
 RESERVED_FILES = 256
+# What a refused live stream is told to wait; pages add their own jitter and backoff.
+STREAM_RETRY_AFTER_S = 10
 
 
 @dataclass(frozen=True)
@@ -67,3 +71,31 @@ def raise_open_files_limit() -> OpenFiles:
 def _finite(hard: int, soft: int) -> int:
     # RLIM_INFINITY: settle for a generous finite number (select() and friends dislike more).
     return 1_048_576 if hard == resource.RLIM_INFINITY else max(hard, soft)
+
+
+class StreamSlots:
+    """Live streams open in this process, refused past `capacity` before they cost anything.
+
+    Counted, not queued: a refused browser comes back after its own backoff, so a reconnect
+    storm past capacity costs one cheap response per attempt and no database connection.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.open = 0
+
+    def check(self) -> None:
+        """Refuse (503 with Retry-After) if every slot is taken."""
+        if self.open >= self.capacity:
+            raise NotReady(
+                "Too many live pages are open on this server right now; "
+                f"this page reconnects by itself in about {STREAM_RETRY_AFTER_S} seconds.",
+                retry_after_s=STREAM_RETRY_AFTER_S,
+            )
+
+    def take(self) -> None:
+        self.check()
+        self.open += 1
+
+    def give_back(self) -> None:
+        self.open -= 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sys
 import uuid
 
 import httpx
@@ -72,3 +74,57 @@ async def test_limits_can_live_in_redis_for_several_instances() -> None:
     assert refused.value.extra["retry_after_s"] >= 1
     await first.aclose()
     await second.aclose()
+
+
+async def _calls_during(limiter: RateLimiter, name: str, identifier: str) -> int:
+    """Function calls (ours, the library's, builtins) made while one hit is counted, including
+    any task it leaves behind (a sweep)."""
+    calls = 0
+
+    def count(_frame, event, _arg) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    await _settle()
+    sys.setprofile(count)
+    try:
+        await limiter.hit(name, identifier)
+        await _settle()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+async def _settle() -> None:
+    """Wait for the tasks a hit may have started to finish."""
+    while others := asyncio.all_tasks() - {asyncio.current_task()}:
+        await asyncio.wait(others)
+
+
+async def test_a_hit_costs_the_same_however_many_members_are_counted() -> None:
+    rules = {"api_read": ("1200/minute", "Too many requests.")}
+    few, many = (RateLimiter(storage_url="memory://", rules=rules) for _ in range(2))
+    for member in range(10):
+        await few.hit("api_read", f"m{member}")
+    for member in range(3000):
+        await many.hit("api_read", f"m{member}")
+    # Warm both (first calls of a code path import and cache), then measure a member's next hit.
+    await _calls_during(few, "api_read", "m1")
+    await _calls_during(many, "api_read", "m1")
+    with_few = await _calls_during(few, "api_read", "m2")
+    with_many = await _calls_during(many, "api_read", "m2")
+    assert with_many <= with_few + 20, (with_few, with_many)
+
+
+async def test_the_sliding_window_refuses_past_the_limit_and_clears() -> None:
+    limiter = RateLimiter(storage_url="memory://", rules={"selfie": ("3/hour", "Too many.")})
+    for _ in range(3):
+        await limiter.hit("selfie", "7")
+    with pytest.raises(RateLimited) as refused:
+        await limiter.hit("selfie", "7")
+    assert 1 <= refused.value.extra["retry_after_s"] <= 3600
+    await limiter.hit("selfie", "8")  # another member is not affected
+    await limiter.check("selfie", "8")
+    await limiter.clear("selfie", "7")
+    await limiter.hit("selfie", "7")

@@ -11,6 +11,10 @@ of its own; and the stream also looks again every RECHECK_S, in case news was lo
 wake it reads the new matches first and asks the database whether the session or token still
 stands second, so a match committed after a sign-out is never sent: the check then sees the
 sign-out. The last message is an `end` event, and the browser's reconnection gets a 401.
+
+Set-up is cheap and bounded: each database read holds a pooled connection for that read only,
+and past FINDME_MAX_STREAMS (by default what the open-file limit leaves room for) a new stream
+is refused with 503 and Retry-After before it reads anything.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -26,13 +31,15 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from findme.api_schemas import ID, TEXT, Param, Reply, integer
 from findme.auth import Principal
+from findme.capacity import StreamSlots, open_files
 from findme.db import utcnow
 from findme.domain.access import event_for
 from findme.domain.photos import my_matches_after
-from findme.live import ACCOUNTS
+from findme.live import ACCOUNTS, MatchFeed
 from findme.routes.common import api, app_state, int_param, require_user
 from findme.services import AppState
 
@@ -42,6 +49,32 @@ SHUTDOWN_GRACE_S = 2.0
 BATCH = 100
 # How often an idle stream checks that its session or token still stands, news or not.
 RECHECK_S = 60.0
+
+# One count of open streams per running app, kept beside its feed and gone with it.
+_SLOTS: weakref.WeakKeyDictionary[MatchFeed, StreamSlots] = weakref.WeakKeyDictionary()
+
+
+def stream_slots(state: AppState) -> StreamSlots:
+    """This app's open live streams and how many it accepts."""
+    slots = _SLOTS.get(state.feed)
+    if slots is None:
+        capacity = state.settings.max_streams or open_files().stream_capacity
+        slots = _SLOTS[state.feed] = StreamSlots(capacity)
+    return slots
+
+
+class _SlotResponse(EventSourceResponse):
+    """A stream that gives its slot back however it ends (finished, cut off, or never read)."""
+
+    def __init__(self, *args: Any, slots: StreamSlots, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slots.give_back()
 
 
 def _resume_after(request: Request) -> int:
@@ -74,11 +107,15 @@ def _resume_after(request: Request) -> int:
             media_type="text/event-stream",
         ),
         404: "no such event, or not one of mine",
+        503: "too many live pages open on this server; Retry-After says when to try again",
     },
 )
 async def my_photos_stream(request: Request) -> Response:
-    principal = await require_user(request)
     state = app_state(request)
+    slots = stream_slots(state)
+    # Refused before the sign-in is read, so a storm past capacity reaches no database.
+    slots.check()
+    principal = await require_user(request)
     raw_event = request.query_params.get("event_id")
     event_id = int_param(raw_event, "event_id") if raw_event else None
     if event_id is not None:
@@ -86,8 +123,11 @@ async def my_photos_stream(request: Request) -> Response:
             await event_for(state, session, principal, event_id)
     after = _resume_after(request)
     shutdown = anyio.Event()
-    return EventSourceResponse(
+    # Taken last, with no await between it and the response that gives it back.
+    slots.take()
+    return _SlotResponse(
         _match_events(state, principal=principal, event_id=event_id, after=after, stop=shutdown),
+        slots=slots,
         ping=PING_S,
         shutdown_event=shutdown,
         shutdown_grace_period=SHUTDOWN_GRACE_S,

@@ -210,7 +210,10 @@ if (grid) {
   );
   observer.observe(sentinel);
 
-  // Live: the server pushes each new match; EventSource resumes with Last-Event-ID by itself.
+  // Live: the server pushes each new match. EventSource retries by itself only when a stream
+  // that answered 200 drops; a refusal (503 when the server is full, a proxy's 502) closes it
+  // for good. So every failure closes it, and a new one opens after a jittered, doubling delay
+  // (a crowd of phones must not come back in step), resuming after the last match received.
   function setLive(state, text) {
     if (!live) return;
     live.dataset.state = state;
@@ -218,23 +221,80 @@ if (grid) {
   }
 
   if (grid.dataset.stream) {
-    const stream = new EventSource(grid.dataset.stream);
-    stream.addEventListener("ready", () => setLive("live", "Live"));
-    stream.addEventListener("open", () => setLive("live", "Live"));
-    stream.addEventListener("message", (message) => {
-      const item = JSON.parse(message.data);
-      const before = items.size;
-      addItem(item, { live: true });
-      if (items.size > before) updateCounts();
-    });
-    stream.addEventListener("error", () => {
-      if (stream.readyState === EventSource.CLOSED) {
+    const RETRY_FIRST_MS = 1000;
+    const RETRY_MAX_MS = 60000;
+    let stream = null;
+    let lastId = null;
+    let failures = 0;
+    let retryTimer = null;
+    let stopped = false;
+
+    const streamUrl = () => {
+      const url = new URL(grid.dataset.stream, location.href);
+      if (lastId !== null) url.searchParams.set("after", lastId);
+      return url.href;
+    };
+
+    const reconnecting = () =>
+      setLive("retry", navigator.onLine ? "Reconnecting…" : "Offline — reconnecting…");
+
+    const stop = () => {
+      stopped = true;
+      clearTimeout(retryTimer);
+      if (stream) stream.close();
+    };
+
+    const retryLater = () => {
+      if (stopped || retryTimer !== null) return;
+      // "Equal jitter": between half and all of a ceiling that doubles with each failure.
+      const ceiling = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** failures);
+      failures += 1;
+      reconnecting();
+      retryTimer = setTimeout(connect, ceiling / 2 + (Math.random() * ceiling) / 2);
+    };
+
+    const connect = () => {
+      retryTimer = null;
+      stream = new EventSource(streamUrl());
+      // Reset on "ready", not "open": a server that accepts and then fails still backs off.
+      stream.addEventListener("ready", () => {
+        failures = 0;
+        setLive("live", "Live");
+      });
+      stream.addEventListener("message", (message) => {
+        if (message.lastEventId) lastId = message.lastEventId;
+        const item = JSON.parse(message.data);
+        const before = items.size;
+        addItem(item, { live: true });
+        if (items.size > before) updateCounts();
+      });
+      // The session ended (signed out elsewhere, expired): reconnecting would only get a 401.
+      stream.addEventListener("end", () => {
+        stop();
         setLive("off", "Live updates stopped — reload the page");
-      } else {
-        setLive("retry", "Reconnecting…");
-      }
+      });
+      stream.addEventListener("error", () => {
+        stream.close();
+        retryLater();
+      });
+    };
+
+    window.addEventListener("offline", () => {
+      if (!stopped) setLive("retry", "Offline — reconnecting…");
     });
-    window.addEventListener("pagehide", () => stream.close());
+    // Back online: no need to sit out the rest of a long backoff.
+    window.addEventListener("online", () => {
+      if (stopped) return;
+      if (retryTimer === null) {
+        // The stream outlived the outage: it is live again as it is.
+        if (stream && stream.readyState === EventSource.OPEN) setLive("live", "Live");
+        return;
+      }
+      clearTimeout(retryTimer);
+      connect();
+    });
+    window.addEventListener("pagehide", stop);
+    connect();
   }
 
   // "Not me": a confirmation on the tile, then the photo leaves my photos for good.
