@@ -216,6 +216,17 @@ COMPONENTS: dict[str, Schema] = {
     ),
     "Credentials": obj({"email": TEXT, "password": TEXT}),
     "TokenRequest": obj({"name": _text(max_chars=120)}),
+    "ResetRequest": obj({"email": {"type": "string", "format": "email", "maxLength": 254}}),
+    "ResetConfirmation": obj(
+        {
+            "token": _text(max_chars=200),
+            "password": {
+                "type": "string",
+                "minLength": MIN_PASSWORD_CHARS,
+                "maxLength": MAX_PASSWORD_CHARS,
+            },
+        }
+    ),
     "EventRequest": obj(
         {
             "name": _text(max_chars=200),
@@ -245,6 +256,7 @@ COMPONENTS.update(
     {
         "UserReply": obj({"user": _user}),
         "SignedIn": obj({"user": _user, "csrf_token": TEXT}),
+        "Detail": obj({"detail": TEXT}),
         "Me": obj(
             {
                 "user": _user,

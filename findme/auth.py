@@ -210,6 +210,12 @@ class Authenticator:
             return await session.get(User, user_id)
 
 
+async def end_sessions_of(session: AsyncSession, user_id: int) -> None:
+    """Delete every browser session of an account (its password changed); the caller announces
+    it as account news, so every instance drops its cached copies."""
+    await session.execute(delete(BrowserSession).where(BrowserSession.user_id == user_id))
+
+
 def check_origin(connection: HTTPConnection) -> None:
     """Refuse changes sent by a page of another site (browsers always send Origin then).
 

@@ -176,6 +176,19 @@ class ApiToken(Base):
     revoked_at: Mapped[dt.datetime | None]
 
 
+class PasswordReset(Base):
+    """A password-reset link sent by email: only its hash is kept; it works once, until expiry."""
+
+    __tablename__ = "password_resets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+
+
 class Event(Base):
     __tablename__ = "events"
 

@@ -15,6 +15,7 @@ from findme.cache import Caches
 from findme.db import Database
 from findme.engines import Engine, open_engine
 from findme.live import ACCOUNTS, MatchFeed
+from findme.mail import Mailer
 from findme.pipeline import Pipeline
 from findme.ratelimit import RateLimiter
 from findme.settings import Settings
@@ -37,6 +38,7 @@ class AppState:
     caches: Caches
     feed: MatchFeed
     limits: RateLimiter
+    mailer: Mailer
     pipeline: Pipeline | None = None
     # Photos being written to storage at once, across requests: each holds its bytes in memory
     # (several copies, through the driver), so this bounds memory whatever the upload load.
@@ -86,6 +88,7 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             caches=caches,
             feed=feed,
             limits=limits,
+            mailer=Mailer(settings),
         )
         feed.add_listener(state.auth.forget_users, kind=ACCOUNTS)
         if run_workers:
@@ -113,6 +116,15 @@ def rate_limiter(settings: Settings) -> RateLimiter:
             "selfie": (settings.rate_selfie, "Too many selfie uploads."),
             "upload": (settings.rate_upload, "Too many upload requests. Send fewer, larger ones."),
             "api_read": (settings.rate_api_read, "Too many requests."),
+            "reset_ip": (
+                settings.rate_reset_ip,
+                "Too many password-reset requests from your network. Wait and try again.",
+            ),
+            "reset_email": (
+                settings.rate_reset_email,
+                "Too many password-reset requests for this email. Check your inbox and spam "
+                "folder for the links already sent, or wait and try again.",
+            ),
         },
     )
 

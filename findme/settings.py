@@ -420,9 +420,74 @@ class Settings:
     rate_api_read: str = field(
         default="1200/minute", metadata=env("FINDME_RATE_API_READ", doc="API reads per account")
     )
+    max_streams: int = field(
+        default=0,
+        metadata=env(
+            "FINDME_MAX_STREAMS",
+            doc="live streams this process holds open before refusing new ones (503); "
+            "0: as many as the open-file limit leaves room for",
+            default_doc="from the open-file limit",
+        ),
+    )
     thumbnail_px: int = field(
         default=480,
         metadata=env("FINDME_THUMBNAIL_PX", doc="longest side of grid thumbnails", minimum=64),
+    )
+    smtp_host: str = field(
+        default="",
+        metadata=env(
+            "FINDME_SMTP_HOST",
+            doc="mail server for password-reset emails; empty: email is not configured",
+            default_doc="empty",
+        ),
+    )
+    smtp_port: int = field(
+        default=587, metadata=env("FINDME_SMTP_PORT", doc="port of the mail server", minimum=1)
+    )
+    smtp_user: str = field(
+        default="", metadata=env("FINDME_SMTP_USER", doc="user name at the mail server")
+    )
+    smtp_password: Secret = field(
+        default=Secret(""),
+        repr=False,
+        metadata=env(
+            "FINDME_SMTP_PASSWORD", doc="password at the mail server", default_doc="empty"
+        ),
+    )
+    smtp_starttls: bool = field(
+        default=True,
+        metadata=env(
+            "FINDME_SMTP_STARTTLS",
+            doc="require STARTTLS before signing in to the mail server and sending",
+        ),
+    )
+    mail_from: str = field(
+        default="FindMe <findme@localhost>",
+        metadata=env("FINDME_MAIL_FROM", doc="sender of FindMe's emails"),
+    )
+    public_url: str = field(
+        default="",
+        metadata=env(
+            "FINDME_PUBLIC_URL",
+            doc="the site's address in emailed links; empty: the address the request came to",
+            default_doc="empty",
+        ),
+    )
+    reset_token_ttl_s: int = field(
+        default=3600,
+        metadata=env(
+            "FINDME_RESET_TOKEN_TTL_S",
+            doc="a password-reset link works this long, and once",
+            minimum=60,
+        ),
+    )
+    rate_reset_ip: str = field(
+        default="10/hour",
+        metadata=env("FINDME_RATE_RESET_IP", doc="password-reset requests per address"),
+    )
+    rate_reset_email: str = field(
+        default="3/hour",
+        metadata=env("FINDME_RATE_RESET_EMAIL", doc="password-reset requests per email address"),
     )
 
     @classmethod

@@ -20,7 +20,7 @@ from findme.db import Database, Role
 from findme.domain.accounts import create_user
 from findme.routes.stream import RECHECK_S
 from tests.conftest import PASSWORD, Server, serve, with_settings
-from tests.test_live import EventStream, add_matches, join, jpeg, open_stream, upload
+from tests.scenes import EventStream, add_matches, join, jpeg, open_stream, upload
 
 
 def from_address(url: str, address: str, **kwargs: Any) -> httpx.AsyncClient:

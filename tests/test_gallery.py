@@ -10,9 +10,8 @@ import zipfile
 
 import pytest
 
+from tests.scenes import drain, expected, open_stream, put_selfie, upload_event_photos
 from tests.shared_faces import faces_dir
-from tests.test_live import open_stream
-from tests.test_pipeline import drain, expected, put_selfie, upload_event_photos
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

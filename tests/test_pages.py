@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from playwright.async_api import (
@@ -23,9 +24,10 @@ from playwright.async_api import (
 )
 from sqlalchemy import select
 
-from findme.db import Database, Job, JobKind, JobStatus, Photo, PhotoStatus, Role, utcnow
+from findme.db import Database, Job, JobKind, JobStatus, Photo, PhotoStatus, Role, User, utcnow
 from findme.domain.accounts import create_user
 from tests.conftest import PASSWORD, serve
+from tests.scenes import add_matches, join, jpeg, open_stream, upload
 from tests.shared_faces import faces_dir, manifest
 
 pytestmark = pytest.mark.browser
@@ -866,4 +868,145 @@ async def test_organiser_page_keeps_the_photos_and_deletes_photos_and_the_event(
     await expect(page.get_by_test_id("event-list")).to_have_count(0)
     await page.goto(f"/events/{event_id}")
     await expect(page.get_by_test_id("error-detail")).to_contain_text("no event")
+    contexts.assert_no_errors()
+
+
+async def test_api_tokens_are_made_shown_once_and_revoked_on_the_account_page(
+    server, contexts
+) -> None:
+    email = await add_account(server.settings, Role.photographer, "Pat Lens")
+    context = await contexts(server.url, "desktop")
+    await context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = await context.new_page()
+    await page.goto("/login?next=/account")
+    await sign_in(page, email)
+    await expect(page).to_have_url(f"{server.url}/account")
+    await expect(page.get_by_text("You have no API tokens.")).to_be_visible()
+
+    await page.get_by_role("button", name="Create token").click()
+    await expect(page.locator("#token-form [data-error]")).to_contain_text("name")
+    await page.get_by_label("Token name").fill("studio laptop")
+    await page.get_by_role("button", name="Create token").click()
+    shown = page.get_by_test_id("new-token")
+    await expect(shown).to_be_visible()
+    await expect(shown).to_contain_text("shown only once")
+    await expect(page.locator("#new-token-value")).to_have_text(re.compile(r"^fm_"))
+    token = (await page.locator("#new-token-value").text_content() or "").strip()
+    assert token.startswith("fm_")
+    await page.get_by_role("button", name="Copy").click()
+    assert await page.evaluate("navigator.clipboard.readText()") == token
+    listed = page.get_by_test_id("token-list").locator("li")
+    await expect(listed).to_have_count(1)
+    await expect(listed).to_contain_text("studio laptop")
+    await shot(page, "account-tokens", "desktop")
+
+    # The token works for scripts until it is revoked here.
+    async with server.client(headers={"authorization": f"Bearer {token}"}) as script:
+        assert (await script.get("/api/me")).status_code == 200
+        await listed.get_by_role("button", name="Revoke").click()
+        await expect(listed).to_have_count(0)
+        assert (await script.get("/api/me")).status_code == 401
+    # Shown once: a reload does not show it again.
+    await page.reload()
+    await expect(page.get_by_test_id("new-token")).to_be_hidden()
+    assert token not in await page.content()
+    contexts.assert_no_errors()
+
+
+async def test_forgotten_password_by_emailed_link(settings, contexts, tmp_path) -> None:
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import free_port
+    from tests.test_passwords import Inbox, link_in
+
+    inbox, port = Inbox(), free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    mailing = dataclasses.replace(
+        settings, smtp_host="127.0.0.1", smtp_port=port, smtp_starttls=False
+    )
+    try:
+        async with serve(mailing) as url:
+            email = await add_account(mailing, Role.attendee, "Sam Forgetful")
+            page = await (await contexts(url, "phone")).new_page()
+            await page.goto("/login")
+            await page.get_by_role("link", name="Forgot your password?").click()
+            await expect(page).to_have_url(f"{url}/forgot-password")
+            await page.get_by_label("Email").fill(email)
+            await page.get_by_role("button", name="Send me a link").click()
+            await expect(page.get_by_test_id("forgot-sent")).to_contain_text("If an account exists")
+            await shot(page, "forgot-password", "phone")
+            link, _ = link_in((await inbox.wait_for(1))[0])
+
+            await page.goto(link)
+            await page.get_by_label("New password").fill("short")
+            await page.get_by_role("button", name="Change my password").click()
+            await expect(page.locator("#reset-form [data-error]")).to_contain_text("8 characters")
+            await page.get_by_label("New password").fill("a new long passphrase")
+            await page.get_by_role("button", name="Change my password").click()
+            await expect(page.get_by_test_id("reset-done")).to_contain_text("password is changed")
+            await shot(page, "reset-password", "phone")
+            # The link works once.
+            await page.goto(link)
+            await page.get_by_label("New password").fill("another long passphrase")
+            await page.get_by_role("button", name="Change my password").click()
+            await expect(page.locator("#reset-form [data-error]")).to_contain_text("already used")
+
+            await page.goto("/login")
+            await page.get_by_label("Email").fill(email)
+            await page.get_by_label("Password").fill("a new long passphrase")
+            await page.get_by_role("button", name="Sign in").click()
+            await expect(page).to_have_url(f"{url}/")
+            contexts.assert_no_errors()
+    finally:
+        controller.stop()
+
+
+@pytest.mark.timeout(300)
+async def test_my_photos_page_recovers_from_a_full_server_and_shows_new_matches(
+    settings, contexts
+) -> None:
+    one_stream = dataclasses.replace(settings, max_streams=1)
+    async with serve(one_stream) as base, httpx.AsyncClient(base_url=base, timeout=60) as pat:
+        photographer_email = await add_account(settings, Role.photographer, "Pat Lens")
+        attendee_email = await add_account(settings, Role.attendee, "Ann Guest")
+        login = await pat.post(
+            "/api/auth/login", json={"email": photographer_email, "password": PASSWORD}
+        )
+        pat.headers["x-csrf-token"] = login.json()["csrf_token"]
+        event = (await pat.post("/api/events", json={"name": "Gala", "date": "2026-06-30"})).json()
+        [photo_id] = await upload(pat, event["id"], ("arrival.jpg", jpeg(7)))
+        async with httpx.AsyncClient(base_url=base, timeout=60) as ann:
+            login = await ann.post(
+                "/api/auth/login", json={"email": attendee_email, "password": PASSWORD}
+            )
+            ann.headers["x-csrf-token"] = login.json()["csrf_token"]
+            await join(ann, event)
+
+        page = await (await contexts(base, "phone")).new_page()
+        async with open_stream(pat) as blocker:
+            # The one slot is taken: the page's stream is refused (503) and it says it retries.
+            await page.goto("/login?next=/my-photos")
+            await sign_in(page, attendee_email)
+            await expect(page).to_have_url(f"{base}/my-photos?event_id={event['id']}")
+            await page.wait_for_load_state()
+            await page.evaluate("window.__notReloaded = true")
+            await expect(page.locator("#live")).to_have_attribute("data-state", "retry")
+            await blocker.until_ready()
+        # The slot is free again: the page's next attempt gets in by itself, without a reload.
+        await expect(page.locator("#live")).to_have_text("Live", timeout=30_000)
+        db = Database(settings)
+        try:
+            async with db.sessions() as session:
+                user_id = await session.scalar(select(User.id).where(User.email == attendee_email))
+        finally:
+            await db.aclose()
+        await add_matches(settings, user_id=user_id, event_id=event["id"], photo_ids=[photo_id])
+        await expect(page.locator('#photos .tile[data-filename="arrival.jpg"]')).to_have_count(1)
+        # Offline, the page says so; back online, it is live again.
+        await page.context.set_offline(True)
+        await expect(page.locator("#live")).to_have_text("Offline — reconnecting…")
+        await page.context.set_offline(False)
+        await expect(page.locator("#live")).to_have_text("Live", timeout=30_000)
+        assert await page.evaluate("window.__notReloaded === true")
     contexts.assert_no_errors()

@@ -15,58 +15,20 @@ import pillow_heif
 import pytest
 from PIL import Image
 
-from findme.services import build_pipeline, open_services
 from findme.settings import Settings
+from tests.scenes import (
+    UPLOAD,
+    add_selfie,
+    attendees_with_selfies,
+    drain,
+    expected,
+    my_filenames,
+    put_selfie,
+    upload_event_photos,
+)
 from tests.shared_faces import faces_dir, group_shot, manifest
 
-UPLOAD = "/api/photographer/events/{}/upload-photos"
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-async def drain(settings: Settings):
-    """Run the workers until the queue is empty, as `findme process --burst` does."""
-    async with open_services(settings, run_workers=False) as state:
-        return await build_pipeline(state).run_burst()
-
-
-async def put_selfie(client, data: bytes, filename: str = "me.jpg", consent: str = "true"):
-    return await client.put(
-        "/api/me/selfie", files={"file": (filename, data)}, data={"consent": consent}
-    )
-
-
-async def add_selfie(client, data: bytes, filename: str = "more.jpg", consent: str = "true"):
-    return await client.post(
-        "/api/me/selfies", files={"file": (filename, data)}, data={"consent": consent}
-    )
-
-
-async def attendees_with_selfies(make_user) -> dict:
-    clients = {}
-    for person, path in manifest()["selfies"].items():
-        client = await make_user(name=person)
-        response = await put_selfie(client, (faces_dir() / path).read_bytes(), path)
-        assert response.status_code == 200, (person, response.text)
-        clients[person] = client
-    return clients
-
-
-async def upload_event_photos(organiser, event_id: int) -> dict[int, str]:
-    folder = faces_dir() / "event"
-    files = [("files", (p.name, p.read_bytes())) for p in sorted(folder.iterdir())]
-    response = await organiser.post(UPLOAD.format(event_id), files=files)
-    assert response.status_code == 202, response.text
-    return {r["photo_id"]: r["filename"] for r in response.json()["results"]}
-
-
-async def my_filenames(client, event_id: int) -> list[str]:
-    response = await client.get("/api/my-photos", params={"event_id": event_id})
-    assert response.status_code == 200
-    return sorted(item["filename"] for item in response.json()["items"])
-
-
-def expected(person: str) -> list[str]:
-    return sorted(manifest()["expected_my_photos"][person])
 
 
 async def pg(settings: Settings) -> asyncpg.Connection:

@@ -577,3 +577,37 @@ async def test_500_files_at_once_arrive_with_bounded_parallelism(
         counts.requests,
         counts.max_in_flight,
     )
+
+
+async def test_the_event_can_be_named_by_its_join_code(server, photographer, tmp_path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "e01.jpg").write_bytes((faces_dir() / "event" / "e01.jpg").read_bytes())
+    event = (await photographer.client.get(f"/api/events/{photographer.event_id}")).json()
+    typed = f"{event['code'][:4].lower()}-{event['code'][4:].lower()}"  # as read off a poster
+    unknown = await run_once(
+        tmp_path,
+        folder,
+        server.url,
+        "--manifest",
+        str(tmp_path / "manifest-unknown.json"),
+        event_id="ZZZZ-ZZZZ",  # type: ignore[arg-type]
+        token=photographer.token,
+    )
+    assert unknown.process.returncode == 2, unknown.stdout + unknown.stderr
+    assert "None of your events" in unknown.stderr
+    assert "ZZZZZZZZ" in unknown.stderr
+    assert len(await gallery(photographer.client, photographer.event_id)) == 0
+
+    sent = await run_once(
+        tmp_path,
+        folder,
+        server.url,
+        event_id=typed,
+        token=photographer.token,  # type: ignore[arg-type]
+    )
+    assert sent.process.returncode == 0, sent.stdout + sent.stderr
+    assert len(await gallery(photographer.client, photographer.event_id)) == 1
+    recorded = photos_recorded(folder, photographer.event_id)
+    # Recorded under the event's number, the code resolved to.
+    assert [entry["paths"] for entry in recorded.values()] == [["e01.jpg"]], read_manifest(folder)

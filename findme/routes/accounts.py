@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import select, update
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -10,8 +11,19 @@ from starlette.routing import Route
 from findme.api_schemas import Body, Reply, ref
 from findme.auth import check_origin, hash_token, new_api_token, verify_password
 from findme.db import ApiToken, Role, User, utcnow
-from findme.domain.accounts import MAX_PASSWORD_CHARS, check_password, create_user
+from findme.domain.accounts import (
+    MAX_PASSWORD_CHARS,
+    check_password,
+    create_user,
+    normalise_email,
+)
 from findme.domain.events import my_matching
+from findme.domain.passwords import (
+    EmailNotConfigured,
+    finish_reset,
+    reset_mail,
+    start_reset,
+)
 from findme.domain.views import iso, user_json
 from findme.errors import BadRequest, InvalidCredentials, NotFound
 from findme.routes.common import (
@@ -139,6 +151,75 @@ async def logout(request: Request) -> Response:
     return response
 
 
+RESET_SENT = (
+    "If an account exists for this email, we sent it a link to choose a new password. "
+    "Check your inbox (and spam folder); the link works once."
+)
+RESET_LOGGED = (
+    "Email is not configured on this FindMe server (development mode): if an account exists "
+    "for this email, its reset link was written to the server's log."
+)
+
+
+@api(
+    "Ask for a password-reset link by email (never says whether the account exists)",
+    auth="anyone",
+    body=Body(ref("ResetRequest")),
+    responses={
+        202: Reply("the same answer whether or not the account exists", ref("Detail")),
+        400: "not an email address",
+        429: "too many requests from this address or for this email; see Retry-After",
+        503: "email is not configured on this server",
+    },
+)
+async def request_password_reset(request: Request) -> Response:
+    state = app_state(request)
+    check_origin(request)
+    email = normalise_email(text_field(await read_json(request), "email", max_chars=254))
+    await state.limits.hit("reset_ip", client_ip(request))
+    # Counted for unknown emails too, so the limit says nothing about which exist.
+    await state.limits.hit("reset_email", email)
+    if not state.mailer.configured and not state.settings.development:
+        raise EmailNotConfigured()
+    ttl_s = state.settings.reset_token_ttl_s
+    async with state.db.transaction() as session:
+        started = await start_reset(session, email=email, ttl_s=ttl_s)
+    response = json_response(
+        {"detail": RESET_SENT if state.mailer.configured else RESET_LOGGED}, 202
+    )
+    if started is not None:
+        user, token = started
+        base = state.settings.public_url or str(request.base_url)
+        link = f"{base.rstrip('/')}/reset/{token}"
+        # Sent after the answer: a mail server's delay must not tell who has an account.
+        response.background = BackgroundTask(
+            state.mailer.send_quietly, reset_mail(user, link=link, ttl_s=ttl_s)
+        )
+    return response
+
+
+@api(
+    "Choose a new password with a reset link's token; ends every session of the account",
+    auth="anyone",
+    body=Body(ref("ResetConfirmation")),
+    responses={
+        200: Reply("the password is changed: sign in with it", ref("Detail")),
+        400: "the link is unknown, used or expired, or the password is too short",
+    },
+)
+async def confirm_password_reset(request: Request) -> Response:
+    state = app_state(request)
+    check_origin(request)
+    body = await read_json(request)
+    token = text_field(body, "token", max_chars=200)
+    password = text_field(body, "password", max_chars=MAX_PASSWORD_CHARS)
+    async with state.db.transaction() as session:
+        user_id = await finish_reset(session, token=token, password=password)
+    # Signed-out browsers everywhere, on every instance.
+    await state.on_accounts_changed({user_id})
+    return json_response({"detail": "Your password is changed. Sign in with it."})
+
+
 @api(
     "Create an API token for scripts (shown once)",
     body=Body(ref("TokenRequest")),
@@ -232,6 +313,8 @@ routes = [
     Route("/api/auth/register", register, methods=["POST"]),
     Route("/api/auth/login", login, methods=["POST"]),
     Route("/api/auth/logout", logout, methods=["POST"]),
+    Route("/api/auth/password-reset", request_password_reset, methods=["POST"]),
+    Route("/api/auth/password-reset/confirm", confirm_password_reset, methods=["POST"]),
     Route("/api/auth/tokens", create_token, methods=["POST"]),
     Route("/api/auth/tokens", list_tokens, methods=["GET"]),
     Route("/api/auth/tokens/{token_id}", revoke_token, methods=["DELETE"]),

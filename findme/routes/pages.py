@@ -186,6 +186,24 @@ async def register(request: Request) -> Response:
     return render(request, "register.html", None, title="Create your account", next=target)
 
 
+async def forgot_password(request: Request) -> Response:
+    principal = await current_principal(request)
+    return render(request, "forgot_password.html", principal, title="Reset your password")
+
+
+async def reset_password(request: Request) -> Response:
+    # The token is checked when the form is sent: a page that said "valid" here could be wrong
+    # a minute later, and a GET must not spend it (mail scanners open links).
+    principal = await current_principal(request)
+    return render(
+        request,
+        "reset_password.html",
+        principal,
+        title="Choose a new password",
+        token=request.path_params["token"],
+    )
+
+
 async def selfie(request: Request) -> Response:
     principal = await require_user(request)
     user = principal.user
@@ -376,6 +394,8 @@ routes = [
     Route("/", home, methods=["GET"]),
     Route("/login", login, methods=["GET"]),
     Route("/register", register, methods=["GET"]),
+    Route("/forgot-password", forgot_password, methods=["GET"]),
+    Route("/reset/{token}", reset_password, methods=["GET"]),
     Route("/selfie", selfie, methods=["GET"]),
     Route("/join", join_form, methods=["GET"]),
     Route("/join/{code}", join, methods=["GET"]),

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -39,7 +40,13 @@ def add_watch_command(commands: argparse._SubParsersAction[argparse.ArgumentPars
     add = watch.add_argument
     add("folder", metavar="DIR", type=Path, help="the folder to watch, with its subfolders")
     add("--server", required=True, metavar="URL", help="the FindMe address, e.g. https://…")
-    add("--event", required=True, type=_positive_int, metavar="ID", help="the event's number")
+    add(
+        "--event",
+        required=True,
+        type=_event_reference,
+        metavar="ID|CODE",
+        help="the event's number, or its join code (e.g. ABCD-EFGH)",
+    )
     add("--token", help="API token (default: the FINDME_TOKEN environment variable)")
     add(
         "--settle-s",
@@ -78,6 +85,8 @@ def run_watch(_settings: Settings, args: argparse.Namespace) -> int:
     prints). 130: --once was interrupted.
     """
     options = _options(args)
+    if isinstance(args.event, str):
+        options = replace(options, event_id=asyncio.run(_event_id_of(options, args.event)))
     for noisy in ("httpx", "httpcore", "watchfiles"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if isinstance(sys.stdout, io.TextIOWrapper):
@@ -146,6 +155,62 @@ async def _watch(options: WatchOptions, console: Console) -> Outcome:
             return outcome
 
 
+def _event_reference(raw: str) -> int | str:
+    """An event's number, or its join code as typed or read off a poster ("abcd-efgh").
+
+    Digits alone are a number; a code made of digits only is given with its dash.
+    """
+    text = raw.strip()
+    if text.isdigit():
+        return _positive_int(text)
+    code = text.upper().replace(" ", "").replace("-", "")
+    if not re.fullmatch(r"[A-Z0-9]{4,32}", code):
+        raise argparse.ArgumentTypeError(
+            f"must be the event's number or its join code (like ABCD-EFGH), not {raw!r}"
+        )
+    return code
+
+
+async def _event_id_of(options: WatchOptions, code: str) -> int:
+    """The number of the caller's event with this join code (GET /api/events lists the events
+    the token's account organises or joined, with their codes)."""
+    try:
+        async with httpx.AsyncClient(
+            base_url=options.server,
+            headers={"Authorization": f"Bearer {options.token}", "User-Agent": "findme-watch"},
+            timeout=httpx.Timeout(60.0, connect=10.0),
+        ) as client:
+            response = await client.get("/api/events", headers={"accept": "application/json"})
+    except httpx.TransportError as error:
+        raise WatchError(
+            f"FindMe could not reach {options.server} to look up the event code "
+            f"{code} ({type(error).__name__}). Check --server and the network."
+        ) from None
+    if response.status_code == 401:
+        raise WatchError(
+            "The server refused the API token. Create a new token on your account page (or "
+            "with POST /api/auth/tokens) and pass it with --token or FINDME_TOKEN."
+        )
+    try:
+        items = response.json()["items"] if response.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        items = None
+    if not isinstance(items, list):
+        raise WatchError(
+            f"{options.server} did not list your events (HTTP {response.status_code}); is it "
+            "a FindMe server? Check --server, or pass the event's number with --event."
+        )
+    for item in items:
+        if isinstance(item, dict) and item.get("code") == code:
+            event_id = item.get("id")
+            if isinstance(event_id, int):
+                return event_id
+    raise WatchError(
+        f"None of your events on {options.server} has the code {code}. Check the "
+        "code, or use a token of the photographer who organises the event."
+    )
+
+
 @contextlib.contextmanager
 def _exclusive(manifest: Path) -> Iterator[None]:
     """One watcher per manifest: two would overwrite each other's records."""
@@ -188,7 +253,8 @@ def _options(args: argparse.Namespace) -> WatchOptions:
     return WatchOptions(
         folder=folder,
         server=_server_url(args.server),
-        event_id=args.event,
+        # A join code is looked up on the server before anything else (see run_watch).
+        event_id=args.event if isinstance(args.event, int) else 0,
         token=token,
         manifest=(args.manifest or folder / MANIFEST_NAME).absolute(),
         settle_s=args.settle_s,

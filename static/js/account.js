@@ -41,3 +41,88 @@ confirmForm.addEventListener("submit", async (event) => {
   }
   location.assign("/?erased=1");
 });
+
+// API tokens: create one (shown once, with a copy button), list them, revoke one.
+const tokenForm = document.getElementById("token-form");
+const tokenList = document.getElementById("token-list");
+const newToken = document.getElementById("new-token");
+const newTokenValue = document.getElementById("new-token-value");
+
+function tokenItem(token) {
+  const item = document.createElement("li");
+  item.dataset.tokenId = String(token.id);
+  const label = document.createElement("span");
+  const when = token.last_used_at ? "last used " + new Date(token.last_used_at).toLocaleString() : "never used";
+  label.textContent = token.revoked_at ? `${token.name} (revoked)` : `${token.name} · ${when}`;
+  item.append(label);
+  if (!token.revoked_at) {
+    const revoke = document.createElement("button");
+    revoke.type = "button";
+    revoke.className = "btn btn-sm";
+    revoke.textContent = "Revoke";
+    revoke.addEventListener("click", async () => {
+      try {
+        await busy(revoke, "Revoking…", () => api(`/api/auth/tokens/${token.id}`, { method: "DELETE" }));
+      } catch (error) {
+        if (!handleSignedOut(error)) toast(error.detail, "error");
+        return;
+      }
+      toast(`Token “${token.name}” revoked.`);
+      await loadTokens();
+    });
+    item.append(" ", revoke);
+  }
+  return item;
+}
+
+async function loadTokens() {
+  let reply;
+  try {
+    reply = await api("/api/auth/tokens");
+  } catch (error) {
+    if (!handleSignedOut(error)) toast(error.detail, "error");
+    return;
+  }
+  const live = reply.items.filter((token) => !token.revoked_at);
+  tokenList.replaceChildren(...live.map(tokenItem));
+  document.getElementById("no-tokens").hidden = live.length > 0;
+}
+
+tokenForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const name = String(new FormData(tokenForm).get("name") || "").trim();
+  if (!name) {
+    showError(tokenForm, "Give the token a name, so you know later where it is used.");
+    return;
+  }
+  showError(tokenForm, "");
+  let created;
+  try {
+    created = await busy(tokenForm.querySelector("[type=submit]"), "Creating…", () =>
+      api("/api/auth/tokens", { method: "POST", json: { name } }),
+    );
+  } catch (error) {
+    if (!handleSignedOut(error)) showError(tokenForm, error.detail);
+    return;
+  }
+  tokenForm.reset();
+  newTokenValue.textContent = created.token;
+  newToken.hidden = false;
+  await loadTokens();
+});
+
+document.getElementById("copy-token").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(newTokenValue.textContent);
+    toast("Token copied.");
+  } catch {
+    // No clipboard (an insecure origin, say): select it for a manual copy.
+    const range = document.createRange();
+    range.selectNodeContents(newTokenValue);
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+    toast("Press Ctrl+C (or ⌘C) to copy the selected token.");
+  }
+});
+
+loadTokens();
