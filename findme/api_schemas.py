@@ -351,6 +351,8 @@ COMPONENTS.update(
                     }
                 ),
                 "cache": {"type": "object", "additionalProperties": _CACHE},
+                # Open live pages (streams) of this process, and how many it accepts.
+                "live_pages": obj({"open": COUNT, "capacity": COUNT}),
             }
         ),
         "CachesCleared": obj({"cleared": {"type": "array", "items": TEXT}}),

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from findme.auth import Authenticator
 from findme.cache import Caches
+from findme.capacity import StreamSlots, open_files
 from findme.db import Database
 from findme.engines import Engine, open_engine
 from findme.live import ACCOUNTS, MatchFeed
@@ -39,6 +40,9 @@ class AppState:
     feed: MatchFeed
     limits: RateLimiter
     mailer: Mailer
+    # Live streams open here, refused past capacity (FINDME_MAX_STREAMS, else what the
+    # open-file limit leaves room for).
+    stream_slots: StreamSlots
     pipeline: Pipeline | None = None
     # Photos being written to storage at once, across requests: each holds its bytes in memory
     # (several copies, through the driver), so this bounds memory whatever the upload load.
@@ -89,6 +93,7 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             feed=feed,
             limits=limits,
             mailer=Mailer(settings),
+            stream_slots=StreamSlots(settings.max_streams or open_files().stream_capacity),
         )
         feed.add_listener(state.auth.forget_users, kind=ACCOUNTS)
         if run_workers:

@@ -70,3 +70,28 @@ async def test_open_streams_hold_no_database_connection(settings) -> None:
             for stream in kept:
                 assert await stream.until_ready() == []
             assert (await me.get("/api/events")).status_code == 200
+
+
+async def test_the_admin_sees_how_many_live_pages_are_open_of_how_many(
+    settings, make_user
+) -> None:
+    small = with_settings(settings, max_streams=5)
+    async with serve(small) as url, httpx.AsyncClient(base_url=url, timeout=30) as me:
+        await signed_in(me, "watcher")
+        admin_client = await make_user("admin")
+        admin = httpx.AsyncClient(
+            base_url=url, timeout=30, headers={"authorization": await _admin_token(admin_client)}
+        )
+        async with admin:
+            idle = (await admin.get("/api/admin/queue/stats")).json()["live_pages"]
+            assert idle == {"open": 0, "capacity": 5}
+            async with open_stream(me) as stream:
+                await stream.until_ready()
+                busy = (await admin.get("/api/admin/queue/stats")).json()["live_pages"]
+            assert busy == {"open": 1, "capacity": 5}
+
+
+async def _admin_token(admin: httpx.AsyncClient) -> str:
+    created = await admin.post("/api/auth/tokens", json={"name": "stats"})
+    assert created.status_code == 201, created.text
+    return f"Bearer {created.json()['token']}"

@@ -67,7 +67,8 @@ async def queue_stats(request: Request) -> Response:
         "timings": timings,
         "outcomes_here": dict(pipeline.outcomes) if pipeline is not None else {},
     }
-    return json_response({"queue": queue, "cache": state.caches.stats()})
+    live = {"open": state.stream_slots.open, "capacity": state.stream_slots.capacity}
+    return json_response({"queue": queue, "cache": state.caches.stats(), "live_pages": live})
 
 
 @api(

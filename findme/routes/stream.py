@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -35,11 +34,11 @@ from starlette.types import Receive, Scope, Send
 
 from findme.api_schemas import ID, TEXT, Param, Reply, integer
 from findme.auth import Principal
-from findme.capacity import StreamSlots, open_files
+from findme.capacity import StreamSlots
 from findme.db import utcnow
 from findme.domain.access import event_for
 from findme.domain.photos import my_matches_after
-from findme.live import ACCOUNTS, MatchFeed
+from findme.live import ACCOUNTS
 from findme.routes.common import api, app_state, int_param, require_user
 from findme.services import AppState
 
@@ -49,18 +48,6 @@ SHUTDOWN_GRACE_S = 2.0
 BATCH = 100
 # How often an idle stream checks that its session or token still stands, news or not.
 RECHECK_S = 60.0
-
-# One count of open streams per running app, kept beside its feed and gone with it.
-_SLOTS: weakref.WeakKeyDictionary[MatchFeed, StreamSlots] = weakref.WeakKeyDictionary()
-
-
-def stream_slots(state: AppState) -> StreamSlots:
-    """This app's open live streams and how many it accepts."""
-    slots = _SLOTS.get(state.feed)
-    if slots is None:
-        capacity = state.settings.max_streams or open_files().stream_capacity
-        slots = _SLOTS[state.feed] = StreamSlots(capacity)
-    return slots
 
 
 class _SlotResponse(EventSourceResponse):
@@ -112,7 +99,7 @@ def _resume_after(request: Request) -> int:
 )
 async def my_photos_stream(request: Request) -> Response:
     state = app_state(request)
-    slots = stream_slots(state)
+    slots = state.stream_slots
     # Refused before the sign-in is read, so a storm past capacity reaches no database.
     slots.check()
     principal = await require_user(request)

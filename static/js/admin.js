@@ -13,7 +13,7 @@ function seconds(value) {
   return value < 1 ? `${Math.round(value * 1000)} ms` : `${value.toFixed(2)} s`;
 }
 
-function renderStats({ queue, cache }) {
+function renderStats({ queue, cache, live_pages: live }) {
   for (const node of document.querySelectorAll("#queue [data-k]")) {
     node.textContent = queue[node.dataset.k] ?? 0;
   }
@@ -21,6 +21,10 @@ function renderStats({ queue, cache }) {
   document.getElementById("failed-figure").classList.toggle("bad", queue.total_failed > 0);
   document.getElementById("workers").textContent = `${queue.workers_active ?? 0} of ${plural(queue.workers ?? 0, "worker")} busy`;
   document.getElementById("enqueued").textContent = `${queue.total_enqueued} jobs enqueued in all.`;
+  if (live) {
+    document.getElementById("live-pages").textContent =
+      `${plural(live.open, "live page")} open on this server, of ${live.capacity} it accepts.`;
+  }
 
   const timings = Object.entries(queue.timings || {}).filter(([, t]) => t.count > 0);
   const tbody = document.getElementById("timings");
