@@ -72,9 +72,7 @@ async def test_open_streams_hold_no_database_connection(settings) -> None:
             assert (await me.get("/api/events")).status_code == 200
 
 
-async def test_the_admin_sees_how_many_live_pages_are_open_of_how_many(
-    settings, make_user
-) -> None:
+async def test_the_admin_sees_how_many_live_pages_are_open_of_how_many(settings, make_user) -> None:
     small = with_settings(settings, max_streams=5)
     async with serve(small) as url, httpx.AsyncClient(base_url=url, timeout=30) as me:
         await signed_in(me, "watcher")
