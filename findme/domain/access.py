@@ -88,16 +88,22 @@ async def viewable_photo(
     """The photo if the caller may see it (see `photos_seen_by`), or change it (`organiser`);
     404 and 403 as for events: a member is told a photo not theirs to see does not exist."""
     photo = await session.get(Photo, photo_id)
-    seen = None if photo is None else await _seen_event(state, session, principal, photo.event_id)
-    if photo is None or seen is None:
+    if photo is None:
         raise NotFound(NO_PHOTO)
-    # The event's gallery setting is read afresh here, not from the cached event: an organiser
-    # who closes the gallery closes it at once, on every instance.
-    if seen[1] == "member" and not await session.scalar(
+    event = await state.caches.events.get(
+        (photo.event_id,), lambda: session.get(Event, photo.event_id)
+    )
+    if event is not None and (event.organiser_id == principal.id or principal.is_admin):
+        return photo
+    # Anyone else sees it as a member who may (one query: membership, the gallery setting and
+    # the person's matches). The setting is read afresh, not from the cached event: an
+    # organiser who closes the gallery closes it at once, on every instance. Grids ask this
+    # once per thumbnail, so it stays one query.
+    if event is None or not await session.scalar(
         select(Photo.id).where(Photo.id == photo.id, _member_sees(principal.id))
     ):
         raise NotFound(NO_PHOTO)
-    if organiser and seen[1] == "member":
+    if organiser:
         raise Forbidden(ORGANISER_ONLY)
     return photo
 
