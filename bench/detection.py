@@ -2,11 +2,11 @@
 
     .venv/bin/python -m bench.detection
 
-On the real crowd photos of ../shared/crowd (as stored, ~1920 px, and upscaled to 6000 px on
-the long side like a 24 MP camera JPEG) and on the synthetic 24 MP group shots of
-tests/shared_faces.py. Detection alone (decoding + scan, `find_faces`) is timed in CPU seconds
-of this process, best of two runs; the group shots are also analysed whole (descriptors and
-matching). Figures in docs/RECOGNITION.md, "Detectors".
+On the crowd scenes of tests/crowd.py (the shared faces small, masked, tilted, dim, blurred and
+cut by the frame, 1920 px wide and upscaled to 6000 px like a 24 MP camera JPEG) and on the
+synthetic 24 MP group shots of tests/shared_faces.py. Detection alone (decoding + scan,
+`find_faces`) is timed in CPU seconds of this process, best of two runs; the group shots are also
+analysed whole (descriptors and matching). Figures in docs/RECOGNITION.md, "Detectors".
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from PIL import Image
 
-from findme.engines.local.detectors import cnn_available
+from findme.engines.local.detectors import CnnDetector, cnn_available
 from findme.engines.local.faces import (
     DEFAULT_MATCH_THRESHOLD,
     analyse_photo,
@@ -26,8 +26,8 @@ from findme.engines.local.faces import (
     descriptor_distance,
     find_faces,
 )
-from tests.crowd import CROWD_DIR, crowd_manifest, iou, scaled, score
-from tests.shared_faces import faces_dir, group_shot, manifest, rightly_matched
+from tests.crowd import SCENE_SIZE, CrowdScene, MarkedFace, crowd_scenes, scaled, score
+from tests.shared_faces import faces_dir, group_shot, iou, manifest, rightly_matched
 
 MIN_FACE_PX = 120  # the settings default
 CAMERA_PX = 6000
@@ -45,50 +45,42 @@ def cpu_timed(call: Callable[[], _T], runs: int = 2) -> tuple[float, _T]:
     return best, result
 
 
-def camera_sized(path_bytes: bytes) -> tuple[bytes, float]:
-    """The photo upscaled to CAMERA_PX on its long side, as a quality 90 JPEG, and the factor."""
-    image = Image.open(io.BytesIO(path_bytes)).convert("RGB")
-    factor = CAMERA_PX / max(image.size)
-    big = image.resize(
-        (round(image.width * factor), round(image.height * factor)), Image.Resampling.BICUBIC
-    )
-    out = io.BytesIO()
-    big.save(out, "JPEG", quality=90)
-    return out.getvalue(), factor
-
-
-def crowd(label: str, photos: dict[str, tuple[bytes, dict]]) -> None:
-    print(f"\nCrowd photos, {label}: {len(photos)} photos, min face {MIN_FACE_PX} px")
-    print(f"{'detector':8} {'found':>9} {'recall':>7} {'false':>6} {'CPU s/photo':>12}")
+def crowd(label: str, scenes: dict[str, tuple[bytes, tuple[MarkedFace, ...]]]) -> None:
+    print(f"\nCrowd scenes, {label}: {len(scenes)} scenes, min face {MIN_FACE_PX} px")
+    print(f"{'detector':8} {'found':>9} {'recall':>7} {'false':>6} {'CPU s/photo':>12}  per look")
     for name in DETECTORS:
         found = faces = false = 0
         seconds = 0.0
-        misses: list[str] = []
-        for photo, (data, info) in photos.items():
+        per_look: list[str] = []
+        for look, (data, marked) in scenes.items():
             spent, result = cpu_timed(
                 lambda d=data, n=name: find_faces(d, min_face_px=MIN_FACE_PX, detector=n)
             )
             seconds += spent
-            result_score = score(
-                [d.box for d in result.faces],
-                faces=info["faces"],
-                ignore=info["ignore"],
-                long_side=max(info["size"]),
-            )
+            result_score = score([d.box for d in result.faces], marked)
             found += result_score.found
             faces += result_score.faces
             false += len(result_score.false_boxes)
-            if result_score.missed or result_score.false_boxes:
-                misses.append(
-                    f"{photo}: {len(result_score.missed)} missed, "
-                    f"{len(result_score.false_boxes)} false"
-                )
+            per_look.append(f"{look} {result_score.found}")
         print(
             f"{name:8} {f'{found}/{faces}':>9} {found / faces:7.3f} {false:6}"
-            f" {seconds / len(photos):12.2f}"
+            f" {seconds / len(scenes):12.2f}  {', '.join(per_look)}"
         )
-        for line in misses:
-            print(f"           {line}")
+
+
+def scan_sizes(scenes: dict[str, CrowdScene]) -> None:
+    """Crowd faces found by the CNN alone when the scene is scanned at each long side."""
+    print("\nCNN scan size (long side) against crowd faces found, 1920x1280 scenes:")
+    images = {look: Image.open(io.BytesIO(s.jpeg)).convert("RGB") for look, s in scenes.items()}
+    for long_side in (1024, 1280, 1400, 1600, 1920):
+        found = sum(
+            score(
+                [d.box for d in CnnDetector().detect(images[look], scale=long_side / 1920)],
+                scenes[look].faces,
+            ).found
+            for look in scenes
+        )
+        print(f"  {long_side:5} px: {found}/{sum(len(s.faces) for s in scenes.values())}")
 
 
 def group_shots(members: dict[int, bytes], people: list[str]) -> None:
@@ -143,15 +135,13 @@ def descriptor_agreement() -> None:
 def main() -> None:
     if not cnn_available():
         raise SystemExit("The CNN detector (yuface) cannot be imported here: nothing to compare.")
-    stored = {
-        photo: ((CROWD_DIR / photo).read_bytes(), info) for photo, info in crowd_manifest().items()
-    }
-    crowd("as stored (~1920 px)", stored)
-    big = {}
-    for photo, (data, info) in stored.items():
-        camera, factor = camera_sized(data)
-        big[photo] = (camera, scaled(info, factor))
-    crowd(f"upscaled to {CAMERA_PX} px", big)
+    scenes = crowd_scenes()
+    crowd("1920x1280", {look: (scene.jpeg, scene.faces) for look, scene in scenes.items()})
+    factor = CAMERA_PX / SCENE_SIZE[0]
+    crowd(
+        f"upscaled to {CAMERA_PX} px",
+        {look: scaled(scene, factor) for look, scene in scenes.items()},
+    )
 
     data = manifest()
     people = sorted(data["selfies"])
@@ -159,6 +149,7 @@ def main() -> None:
         i: analyse_selfie((faces_dir() / data["selfies"][p]).read_bytes()).faces[0].descriptor
         for i, p in enumerate(people)
     }
+    scan_sizes(scenes)
     group_shots(members, people)
     descriptor_agreement()
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,52 +63,83 @@ def group_shot(
     the face box dlib finds in the source is `face_widths[i]` wide. Returns the JPEG bytes and,
     per pasted face, the attendee and the face box scaled into the group shot.
     """
-    import dlib  # only the group shot needs it; most users of this module just want the folder
-
     assert len(face_widths) <= len(GROUP_SHOT_SOURCES)
-    data = manifest()
-    detector = dlib.get_frontal_face_detector()
     rng = np.random.default_rng(seed)
     width, height = size
-    # Sensor-like noise on a grey wall, so the file has a camera JPEG's size (~8 MB at 24 MP);
-    # a tiled 1000 px patch is as costly to compress as fresh noise and much quicker to make.
-    tile = rng.normal(128, 8, (1000, 1000, 1)) + rng.normal(0, 3, (1000, 1000, 3))
-    wall = np.tile(
-        np.clip(tile, 0, 255).astype(np.uint8), (-(-height // 1000), -(-width // 1000), 1)
-    )
-    canvas = Image.fromarray(np.ascontiguousarray(wall[:height, :width]), "RGB")
+    canvas = noisy_wall(size, rng)
     columns = (len(face_widths) + 1) // 2
     cell_w, cell_h = width // columns, height // 2
     pasted: list[tuple[str, tuple[int, int, int, int]]] = []
     for i, (name, face_w) in enumerate(zip(GROUP_SHOT_SOURCES, face_widths, strict=False)):
-        source = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / name)).convert("RGB")
-        (found,) = detector(np.asarray(source), 0)
-        left, top, right, bottom = found.left(), found.top(), found.right(), found.bottom()
-        w, h = right - left, bottom - top
-        crop_box = (
-            max(0, left - w),
-            max(0, top - h),
-            min(source.width, right + w),
-            min(source.height, bottom + 2 * h),
-        )
-        factor = face_w / w
-        crop = source.crop(crop_box)
-        crop = crop.resize(
-            (round(crop.width * factor), round(crop.height * factor)), Image.Resampling.LANCZOS
-        )
+        crop = face_crop(f"event/{name}", face_w)
         # Centre the face in its cell, a little above the middle, as people stand in a row.
         face_left = (i % columns) * cell_w + (cell_w - face_w) // 2
         face_top = (i // columns) * cell_h + cell_h // 3
-        x = face_left - round((left - crop_box[0]) * factor)
-        y = face_top - round((top - crop_box[1]) * factor)
-        canvas.paste(crop, (x, y))
-        (person,) = data["event"][name]["people"]
-        pasted.append(
-            (person, (face_left, face_top, face_left + face_w, face_top + round(h * factor)))
-        )
+        canvas.paste(crop.image, (face_left - crop.face[0], face_top - crop.face[1]))
+        face_h = crop.face[3] - crop.face[1]
+        pasted.append((crop.person, (face_left, face_top, face_left + face_w, face_top + face_h)))
     out = io.BytesIO()
     canvas.save(out, "JPEG", quality=quality)
     return out.getvalue(), pasted
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """A face with hair and shoulders, cut from a shared photo; `face` is its box in the crop."""
+
+    person: str
+    image: Image.Image
+    face: tuple[int, int, int, int]
+
+
+@functools.cache
+def _source_face(relative: str) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    import dlib  # only the composites need it; most users of this module just want the folder
+
+    source = ImageOps.exif_transpose(Image.open(faces_dir() / relative)).convert("RGB")
+    (found,) = dlib.get_frontal_face_detector()(np.asarray(source), 0)
+    return source, (found.left(), found.top(), found.right(), found.bottom())
+
+
+def face_crop(relative: str, face_width: int) -> FaceCrop:
+    """The one face of a shared photo (event/… or selfies/…), scaled to `face_width` px wide."""
+    source, (left, top, right, bottom) = _source_face(relative)
+    w, h = right - left, bottom - top
+    crop_box = (
+        max(0, left - w),
+        max(0, top - h),
+        min(source.width, right + w),
+        min(source.height, bottom + 2 * h),
+    )
+    factor = face_width / w
+    crop = source.crop(crop_box)
+    crop = crop.resize(
+        (round(crop.width * factor), round(crop.height * factor)), Image.Resampling.LANCZOS
+    )
+    face = (left - crop_box[0], top - crop_box[1], right - crop_box[0], bottom - crop_box[1])
+    return FaceCrop(
+        person=_person_in(relative), image=crop, face=tuple(round(v * factor) for v in face)
+    )
+
+
+def _person_in(relative: str) -> str:
+    data = manifest()
+    folder, name = relative.split("/", 1)
+    if folder == "selfies":
+        return next(person for person, path in data["selfies"].items() if path == relative)
+    (person,) = data["event"][name]["people"]
+    return str(person)
+
+
+def noisy_wall(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A grey wall with sensor-like noise, so a JPEG of it is as large as a camera's."""
+    width, height = size
+    # A tiled 1000 px patch is as costly to compress as fresh noise and much quicker to make.
+    tile = rng.normal(128, 8, (1000, 1000, 1)) + rng.normal(0, 3, (1000, 1000, 3))
+    wall = np.tile(
+        np.clip(tile, 0, 255).astype(np.uint8), (-(-height // 1000), -(-width // 1000), 1)
+    )
+    return Image.fromarray(np.ascontiguousarray(wall[:height, :width]), "RGB")
 
 
 def iou(a: Sequence[int], b: Sequence[int]) -> float:
