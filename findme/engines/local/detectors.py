@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 DETECTORS = ("auto", "cnn", "hog")
 DEFAULT_DETECTOR = "auto"
 # Scores are the CNN's confidence (0-1). On real crowd photos 0.7 kept 97 % of the faces with at
-# most one false face per ten photos (docs/RECOGNITION.md); HOG has no comparable score and ignores it.
+# most one false face per ten photos (docs/RECOGNITION.md); HOG has no comparable score and
+# ignores it.
 DEFAULT_MIN_SCORE = 0.7
 
 # HOG scans an 80 px window: the smallest face wanted lands at 80 px (see photo_scan_scale).
