@@ -7,6 +7,8 @@ import functools
 import hashlib
 import hmac
 import secrets
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -164,22 +166,41 @@ class Authenticator:
         """Whether the session or token that signed `principal` in still stands, read from the
         database (not the caches): a long-lived response (a live stream) asks it again and
         again, and must stop as soon as a sign-out, expiry, revocation or erasure commits."""
-        async with self._db.sessions() as session:
+        return bool(await self.still_standing([principal]))
+
+    async def still_standing(self, principals: Iterable[Principal]) -> list[Principal]:
+        """Those of `principals` whose session or token still stands (see `still_signed_in`),
+        in one query per kind of proof, however many there are."""
+        by_session: dict[str, list[Principal]] = defaultdict(list)
+        by_token: dict[int, list[Principal]] = defaultdict(list)
+        by_user: dict[int, list[Principal]] = defaultdict(list)
+        for principal in principals:
             if principal.session is not None:
-                expires_at = await session.scalar(
-                    select(BrowserSession.expires_at)
+                by_session[principal.session.id].append(principal)
+            elif principal.token_id is not None:
+                by_token[principal.token_id].append(principal)
+            else:
+                by_user[principal.id].append(principal)
+        standing: list[Principal] = []
+        async with self._db.sessions() as session:
+            if by_session:
+                sessions = await session.scalars(
+                    select(BrowserSession.id)
                     .join(User, User.id == BrowserSession.user_id)
-                    .where(BrowserSession.id == principal.session.id)
+                    .where(BrowserSession.id.in_(by_session), BrowserSession.expires_at > utcnow())
                 )
-                return expires_at is not None and expires_at > utcnow()
-            if principal.token_id is not None:
-                found = await session.scalar(
+                standing += [p for found in sessions for p in by_session[found]]
+            if by_token:
+                tokens = await session.scalars(
                     select(ApiToken.id)
                     .join(User, User.id == ApiToken.user_id)
-                    .where(ApiToken.id == principal.token_id, ApiToken.revoked_at.is_(None))
+                    .where(ApiToken.id.in_(by_token), ApiToken.revoked_at.is_(None))
                 )
-                return found is not None
-            return await session.scalar(select(User.id).where(User.id == principal.id)) is not None
+                standing += [p for found in tokens for p in by_token[found]]
+            if by_user:
+                users = await session.scalars(select(User.id).where(User.id.in_(by_user)))
+                standing += [p for found in users for p in by_user[found]]
+        return standing
 
     async def _from_cookie(self, cookie: str) -> Principal | None:
         session_id = self._session_id(cookie)

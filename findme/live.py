@@ -2,8 +2,8 @@
 
 Two kinds of news: a user's matches changed (caches of "my photos", live pages), or their
 account did (sign-out, token revoked, erasure, new selfie: cached sessions and users, and
-live streams, which end when their session does). Within a process, listeners are called and
-subscribers get an `asyncio.Event` set on each change of the kind they follow. On PostgreSQL
+live streams, which end when their session does). Within a process, the listeners of the
+kind are called with the changed user ids (the caches, the stream hub). On PostgreSQL
 every change is also sent with NOTIFY, and each instance LISTENs, so a match made by a worker
 of another instance, or a sign-out there, reaches this instance's caches and open pages too.
 """
@@ -14,8 +14,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -34,10 +33,6 @@ class MatchFeed:
     def __init__(self, *, postgres_dsn: str | None) -> None:
         self._dsn = postgres_dsn
         self._instance = uuid.uuid4().hex[:12]
-        self._subscribers: dict[str, dict[int, set[asyncio.Event]]] = {
-            MATCHES: defaultdict(set),
-            ACCOUNTS: defaultdict(set),
-        }
         self._listeners: dict[str, list[Listener]] = {MATCHES: [], ACCOUNTS: []}
         self._connection: asyncpg.Connection | None = None
 
@@ -83,21 +78,3 @@ class MatchFeed:
     async def _deliver(self, kind: str, user_ids: set[int]) -> None:
         for listener in self._listeners[kind]:
             await listener(user_ids)
-        subscribers = self._subscribers[kind]
-        for user_id in user_ids:
-            for signal in subscribers.get(user_id, ()):
-                signal.set()
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self, user_id: int, *, kind: str = MATCHES) -> AsyncIterator[asyncio.Event]:
-        """An event set whenever news of this kind about this user arrives (clear it after
-        reading): their matches changed, or their account did."""
-        signal = asyncio.Event()
-        subscribers = self._subscribers[kind]
-        subscribers[user_id].add(signal)
-        try:
-            yield signal
-        finally:
-            subscribers[user_id].discard(signal)
-            if not subscribers[user_id]:
-                del subscribers[user_id]

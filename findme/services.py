@@ -21,6 +21,7 @@ from findme.pipeline import Pipeline
 from findme.ratelimit import RateLimiter
 from findme.settings import Settings
 from findme.storage import PhotoStorage, open_storage
+from findme.stream_hub import StreamHub
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +42,9 @@ class AppState:
     limits: RateLimiter
     mailer: Mailer
     # Live streams open here, refused past capacity (FINDME_MAX_STREAMS, else what the
-    # open-file limit leaves room for).
+    # open-file limit leaves room for), and woken together by news.
     stream_slots: StreamSlots
+    streams: StreamHub
     pipeline: Pipeline | None = None
     # Photos being written to storage at once, across requests: each holds its bytes in memory
     # (several copies, through the driver), so this bounds memory whatever the upload load.
@@ -77,16 +79,19 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
         engine = await open_engine(
             stack, settings, db=db, storage=storage, on_matches_changed=feed.publish
         )
+        auth = Authenticator(
+            db=db,
+            secret_key=settings.secret_key,
+            session_max_age_s=settings.session_max_age_s,
+            users=caches.users,
+            sessions=caches.sessions,
+        )
+        streams = StreamHub(db=db, auth=auth)
+        stack.push_async_callback(streams.aclose)
         state = AppState(
             settings=settings,
             db=db,
-            auth=Authenticator(
-                db=db,
-                secret_key=settings.secret_key,
-                session_max_age_s=settings.session_max_age_s,
-                users=caches.users,
-                sessions=caches.sessions,
-            ),
+            auth=auth,
             storage=storage,
             engine=engine,
             caches=caches,
@@ -94,8 +99,11 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             limits=limits,
             mailer=Mailer(settings),
             stream_slots=StreamSlots(settings.max_streams or open_files().stream_capacity),
+            streams=streams,
         )
-        feed.add_listener(state.auth.forget_users, kind=ACCOUNTS)
+        feed.add_listener(auth.forget_users, kind=ACCOUNTS)
+        feed.add_listener(streams.news)
+        feed.add_listener(streams.news, kind=ACCOUNTS)
         if run_workers:
             # Models load in the background: requests are served while the engine warms up.
             warm_up = asyncio.create_task(engine.warm_up())

@@ -1,15 +1,20 @@
-"""Live streams under load: refused past capacity, and no database connection held open."""
+"""Live streams under load: refused past capacity, no database connection held open, and a
+burst of news served with one read."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import httpx
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
+from findme.db import Database, FaceMatch
 from tests.conftest import PASSWORD, serve, with_settings
-from tests.scenes import open_stream
+from tests.scenes import join, jpeg, notify, open_stream, upload
 
 
 async def signed_in(client: httpx.AsyncClient, name: str) -> None:
@@ -93,3 +98,66 @@ async def _admin_token(admin: httpx.AsyncClient) -> str:
     created = await admin.post("/api/auth/tokens", json={"name": "stats"})
     assert created.status_code == 201, created.text
     return f"Bearer {created.json()['token']}"
+
+
+@contextlib.contextmanager
+def statements_seen() -> Iterator[list[str]]:
+    """Every SQL statement this process sends while the block runs (the server runs here)."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def settings(settings):
+    """Room for a crowd of sign-ups from one address (the tests')."""
+    return with_settings(settings, rate_signup_ip="100/hour")
+
+
+async def test_a_burst_of_matches_wakes_every_stream_with_one_read(
+    settings, make_user, make_event
+) -> None:
+    organiser = await make_user("photographer")
+    party = await make_event(organiser)
+    (photo,) = await upload(organiser, party["id"], ("crowd.jpg", jpeg(7)))
+    members = [await make_user() for _ in range(24)]
+    for member in members:
+        await join(member, party)
+    async with contextlib.AsyncExitStack() as stack:
+        streams = [await stack.enter_async_context(open_stream(m)) for m in members]
+        for stream in streams:
+            assert await stream.until_ready() == []
+        # One photo of the crowd matches every member, as one worker's commit and one NOTIFY.
+        db = Database(settings)
+        try:
+            async with db.transaction() as session:
+                for member in members:
+                    session.add(
+                        FaceMatch(
+                            photo_id=photo,
+                            user_id=member.user["id"],
+                            event_id=party["id"],
+                            distance=0.3,
+                        )
+                    )
+        finally:
+            await db.aclose()
+        with statements_seen() as seen:
+            await notify(settings, {m.user["id"] for m in members})
+            arrived = [await stream.next() for stream in streams]
+    assert [a["data"]["id"] for a in arrived] == [photo] * len(members)
+    # Each stream got its own match, and only its own.
+    assert len({a["id"] for a in arrived}) == len(members)
+    reads = [s for s in seen if "face_matches" in s and s.lstrip().upper().startswith("SELECT")]
+    checks = [s for s in seen if "browser_sessions" in s]
+    # One read of the new matches and one look at the sessions for the whole burst; a stream
+    # that read for itself would make 24 of each.
+    assert 1 <= len(reads) <= 2, reads
+    assert 1 <= len(checks) <= 2, checks

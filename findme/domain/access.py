@@ -13,7 +13,7 @@ photo, so lists, originals, thumbnails and "not me" cannot disagree.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Select, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,7 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from findme.auth import Principal
 from findme.db import Event, EventMember, FaceMatch, Gallery, Job, Photo
 from findme.errors import Forbidden, NotFound
-from findme.services import AppState
+
+if TYPE_CHECKING:
+    # Annotations only, as in findme/domain/photos.py.
+    from findme.services import AppState
 
 
 def my_events(user_id: int) -> Select[Any]:

@@ -9,12 +9,14 @@ live page of the users concerned hears of it.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Delete, Select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from findme.services import AppState
+if TYPE_CHECKING:
+    # Annotations only, as in findme/domain/photos.py.
+    from findme.services import AppState
 
 Forget = Callable[[AsyncSession], Awaitable[None]]
 

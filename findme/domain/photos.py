@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiofiles
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, and_, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme import jobs
@@ -16,8 +16,12 @@ from findme.domain.erasure import erase
 from findme.domain.views import iso, photo_json
 from findme.errors import AlreadyExists
 from findme.images import PreparedImage
-from findme.services import AppState
 from findme.uploads import ReceivedFile
+
+if TYPE_CHECKING:
+    # Annotations only: the services module opens the stream hub, which reads through this
+    # domain, so importing it here would be a cycle.
+    from findme.services import AppState
 
 # Lists select these columns only: no ORM objects to build, never the byte columns.
 PHOTO_COLUMNS = (
@@ -98,16 +102,20 @@ async def gallery_items(
     return [photo_json(row) for row in rows]
 
 
-def _my_matches(user_id: int, event_id: int | None) -> Select[Any]:
-    """The photos a person appears in, with the match and the photo's face count: what "my
-    photos" lists and what the live stream sends."""
+def _matched_photos() -> Select[Any]:
+    """Matched photos with the match and the photo's face count: what "my photos" lists and
+    what the live stream sends."""
     faces = select(func.count()).where(Face.photo_id == Photo.id).scalar_subquery()
-    query = (
+    return (
         select(FaceMatch.id.label("match_id"), *PHOTO_COLUMNS, FaceMatch.matched_at)
         .add_columns(faces.label("faces"))
         .join(FaceMatch, FaceMatch.photo_id == Photo.id)
-        .where(FaceMatch.user_id == user_id)
     )
+
+
+def _my_matches(user_id: int, event_id: int | None) -> Select[Any]:
+    """The photos a person appears in (in one event, or in all)."""
+    query = _matched_photos().where(FaceMatch.user_id == user_id)
     if event_id is not None:
         query = query.where(FaceMatch.event_id == event_id)
     return query
@@ -133,6 +141,33 @@ async def my_matches_after(
     query = _my_matches(user_id, event_id).where(FaceMatch.id > after)
     rows = (await session.execute(query.order_by(FaceMatch.id).limit(limit))).all()
     return [(row.match_id, _matched_photo_json(row) | {"match_id": row.match_id}) for row in rows]
+
+
+# Members per statement of `matches_after_of_many`: each adds a condition, and SQLite parses
+# a chain of ORs as a tree of that depth (its limit is 1,000).
+MANY_MEMBERS_PER_QUERY = 200
+
+
+async def matches_after_of_many(
+    session: AsyncSession, after_by_user: dict[int, int]
+) -> dict[int, list[tuple[int, int, dict[str, Any]]]]:
+    """Per member, (match id, event id, item) of the matches made after their `after`, in the
+    order they were made: what a burst of news brings the live streams of many members, read
+    in one statement per MANY_MEMBERS_PER_QUERY members instead of one per stream."""
+    found: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
+    members = sorted(after_by_user)
+    for start in range(0, len(members), MANY_MEMBERS_PER_QUERY):
+        chunk = members[start : start + MANY_MEMBERS_PER_QUERY]
+        wanted = or_(
+            *(and_(FaceMatch.user_id == u, FaceMatch.id > after_by_user[u]) for u in chunk)
+        )
+        query = (
+            _matched_photos().add_columns(FaceMatch.user_id).where(wanted).order_by(FaceMatch.id)
+        )
+        for row in (await session.execute(query)).all():
+            item = _matched_photo_json(row) | {"match_id": row.match_id}
+            found.setdefault(row.user_id, []).append((row.match_id, row.event_id, item))
+    return found
 
 
 async def my_matched_files(session: AsyncSession, *, user_id: int, event_id: int) -> list[Any]:

@@ -7,10 +7,12 @@ writes under the event's advisory lock), so "id greater than" loses nothing.
 
 A stream lives no longer than what signed it in. Sign-out, revocation of its API token and
 erasure send ACCOUNTS news (to every instance, through NOTIFY); a session's expiry is a deadline
-of its own; and the stream also looks again every RECHECK_S, in case news was lost. On each
-wake it reads the new matches first and asks the database whether the session or token still
-stands second, so a match committed after a sign-out is never sent: the check then sees the
-sign-out. The last message is an `end` event, and the browser's reconnection gets a 401.
+of its own; and the stream also looks again every RECHECK_S, in case news was lost. Once caught
+up, a stream is woken by the process's stream hub (findme/stream_hub.py), which reads for all
+the streams a burst of news concerns at once: the new matches first and whether each session
+or token still stands second, so a match committed after a sign-out is never sent: the check
+then sees the sign-out. The last message is an `end` event, and the browser's reconnection
+gets a 401.
 
 Set-up is cheap and bounded: each database read holds a pooled connection for that read only,
 and past FINDME_MAX_STREAMS (by default what the open-file limit leaves room for) a new stream
@@ -19,10 +21,10 @@ is refused with 503 and Retry-After before it reads anything.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-import functools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -38,9 +40,9 @@ from findme.capacity import StreamSlots
 from findme.db import utcnow
 from findme.domain.access import event_for
 from findme.domain.photos import my_matches_after
-from findme.live import ACCOUNTS
 from findme.routes.common import api, app_state, int_param, require_user
 from findme.services import AppState
+from findme.stream_hub import Follower, Rows, SessionEnded
 
 PING_S = 15
 RECONNECT_MS = 3000
@@ -124,37 +126,58 @@ async def my_photos_stream(request: Request) -> Response:
 async def _match_events(
     state: AppState, *, principal: Principal, event_id: int | None, after: int, stop: anyio.Event
 ) -> AsyncIterator[ServerSentEvent]:
-    user_id = principal.id
     expires_at = principal.session.expires_at if principal.session is not None else None
-    # Subscribed before the first read: a match made while we read still wakes us after it.
-    async with (
-        state.feed.subscribe(user_id) as changed,
-        state.feed.subscribe(user_id, kind=ACCOUNTS) as account_changed,
-    ):
+    ended = ServerSentEvent(json.dumps({"reason": "session_ended"}), event="end")
+    # Followed before the first read: news that comes while we catch up wakes us after it.
+    follower = Follower(principal=principal, event_id=event_id, after=after)
+    async with state.streams.follow(follower):
         yield ServerSentEvent(comment="FindMe live matches", retry=RECONNECT_MS)
-        ready = False
-        while not stop.is_set():
-            changed.clear()
-            account_changed.clear()
-            rows = await _matches_after(state, user_id=user_id, event_id=event_id, after=after)
+        # The backlog, read by this stream itself in batches.
+        while True:
+            rows = await _matches_after(state, user_id=principal.id, event_id=event_id, after=after)
             # After the read, not before: see the module's docstring.
             if not await state.auth.still_signed_in(principal):
-                yield ServerSentEvent(json.dumps({"reason": "session_ended"}), event="end")
+                yield ended
                 return
             for match_id, item in rows:
                 yield ServerSentEvent(json.dumps(item), id=str(match_id))
                 after = match_id
-            if len(rows) == BATCH:
-                continue
-            if not ready:
-                ready = True
-                yield ServerSentEvent(json.dumps({"after": after}), event="ready")
-            await _first_of(
-                changed.wait,
-                account_changed.wait,
-                stop.wait,
-                functools.partial(anyio.sleep, _recheck_in_s(expires_at)),
-            )
+            if len(rows) < BATCH:
+                break
+        yield ServerSentEvent(json.dumps({"after": after}), event="ready")
+        # Live: the hub reads for every woken stream at once and hands us our rows.
+        if follower.go_live(after):
+            state.streams.wake(follower)
+        while not stop.is_set():
+            delivery = await _next_delivery(follower, stop, timeout_s=_recheck_in_s(expires_at))
+            if delivery is None:
+                # No news for a while, or the session's expiry: look again anyway.
+                state.streams.wake(follower)
+            elif isinstance(delivery, SessionEnded):
+                yield ended
+                return
+            elif isinstance(delivery, Exception):
+                return  # the browser reconnects after the last id it received
+            else:
+                for match_id, item in delivery:
+                    yield ServerSentEvent(json.dumps(item), id=str(match_id))
+
+
+async def _next_delivery(
+    follower: Follower, stop: anyio.Event, *, timeout_s: float
+) -> Rows | Exception | None:
+    """What the hub has for this stream; None after `timeout_s` or once the server stops."""
+    delivery = asyncio.ensure_future(follower.inbox.get())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait(
+            {delivery, stopping}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        # No await from here on: a delivery that came is returned, never dropped.
+        delivery.cancel()
+        stopping.cancel()
+    return delivery.result() if delivery.done() and not delivery.cancelled() else None
 
 
 def _recheck_in_s(expires_at: dt.datetime | None) -> float:
@@ -163,17 +186,6 @@ def _recheck_in_s(expires_at: dt.datetime | None) -> float:
         return RECHECK_S
     # A hair past the expiry, so the look after it finds the session expired.
     return min(RECHECK_S, max(0.0, (expires_at - utcnow()).total_seconds()) + 0.05)
-
-
-async def _first_of(*waiters: Callable[[], Awaitable[Any]]) -> None:
-    async with anyio.create_task_group() as group:
-
-        async def wait(waiter: Callable[[], Awaitable[Any]]) -> None:
-            await waiter()
-            group.cancel_scope.cancel()
-
-        for waiter in waiters:
-            group.start_soon(wait, waiter)
 
 
 async def _matches_after(
