@@ -33,6 +33,7 @@ bench: install services
 	$(VENV)/bin/python -m bench.aws_calls
 	$(VENV)/bin/python -m bench.detection
 	$(VENV)/bin/python -m bench.recovery
+	$(VENV)/bin/python -m bench.live
 
 lint: install
 	$(VENV)/bin/ruff check findme tests bench alembic

@@ -75,9 +75,10 @@ class Server:
 
 
 @contextlib.contextmanager
-def server(database_url: str, **settings: str) -> Iterator[Server]:
-    """`findme serve` as a real process on a free port, with default settings unless given."""
-    port = free_port()
+def server(database_url: str, *, port: int | None = None, **settings: str) -> Iterator[Server]:
+    """`findme serve` as a real process on `port` (a free one by default), with default
+    settings unless given."""
+    port = port or free_port()
     data_dir = tempfile.mkdtemp(prefix="findme-bench-")
     env = {
         **os.environ,

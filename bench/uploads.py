@@ -1,24 +1,32 @@
-"""Upload speed against the disk's limit, the server's memory while uploading, and image bytes.
+"""Upload speed against the disk's and the storage's limits, the server's memory while
+uploading, and image bytes.
 
     .venv/bin/python -m bench.uploads [--photos 100]
 
 100 photos (~250 MB, 3000x2000 JPEGs with distinct bytes, cached in bench/.cache) are sent to a
 real `findme serve` (workers off: this measures the upload path alone) in one multipart request,
-then to another event in 10 parallel requests. The limit is reading the same bytes with `cat`
-into `sha256sum`, timed in the same run. The server's resident memory is sampled every 20 ms.
-Then a 100-photo grid is loaded the way a browser does: thumbnails, then a second visit with
-If-None-Match.
+then to another event in 10 parallel requests. Two limits are timed in the same run: reading the
+same bytes with `cat` into `sha256sum` (the disk), and writing them with a bare loop into the
+same storage, a bytea insert per photo through asyncpg into the same PostgreSQL database, one
+writer for the single request and ten for the ten, each after a CHECKPOINT. The server's
+resident memory is sampled every 20 ms, and its CPU time read before and after (a cost that
+other work on a busy machine leaves as is). Then the photos' jobs are run (`findme process
+--burst`: the jobs make the thumbnails) and a 100-photo grid is loaded the way a browser does:
+thumbnails, then a second visit with If-None-Match.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import subprocess
 import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import asyncpg
 
 from bench.harness import (
     Server,
@@ -77,6 +85,45 @@ def disk_limit(paths: list[Path]) -> float:
     return time.perf_counter() - started
 
 
+async def storage_limit(database_url: str, paths: list[Path], writers: int) -> float:
+    """Seconds for a bare loop to insert the same bytes as bytea, one transaction per photo,
+    `writers` connections at once: what the storage itself takes, with no app around it."""
+    connections = [await asyncpg.connect(_dsn(database_url)) for _ in range(writers)]
+    try:
+        await connections[0].execute(
+            "CREATE TABLE bare_bytes (id bigserial PRIMARY KEY, data bytea)"
+        )
+        await connections[0].execute("CHECKPOINT")  # earlier writes are not flushed on its time
+        waiting = list(paths)
+
+        async def write(connection: asyncpg.Connection) -> None:
+            while waiting:
+                data = waiting.pop(0).read_bytes()
+                await connection.execute("INSERT INTO bare_bytes (data) VALUES ($1)", data)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(write(connection) for connection in connections))
+        elapsed = time.perf_counter() - started
+        await connections[0].execute("DROP TABLE bare_bytes")
+    finally:
+        for connection in connections:
+            await connection.close()
+    return elapsed
+
+
+async def checkpoint(database_url: str) -> None:
+    """Flush what earlier writes left in PostgreSQL's WAL, so a timed run does not pay for it."""
+    connection = await asyncpg.connect(_dsn(database_url))
+    try:
+        await connection.execute("CHECKPOINT")
+    finally:
+        await connection.close()
+
+
+def _dsn(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://")
+
+
 async def send(client, event_id: int, batch: list[Path]) -> None:
     with ExitStack() as files:
         parts = [
@@ -91,24 +138,28 @@ async def send(client, event_id: int, batch: list[Path]) -> None:
     assert statuses == {"created"}, statuses
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds a process has used: a cost that other work on a busy machine leaves as is."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def timed_upload(
-    srv: Server, client, paths: list[Path], requests: int
-) -> tuple[float, float]:
-    event_id = (await client.post("/api/events", json={"name": f"{requests} requests"})).json()[
-        "id"
-    ]
+    srv: Server, client, event_id: int, paths: list[Path], requests: int
+) -> tuple[float, float, float]:
+    """Seconds to the last response, peak RSS growth (MB), and server CPU seconds."""
     per_request = -(-len(paths) // requests)
     batches = [paths[i : i + per_request] for i in range(0, len(paths), per_request)]
+    cpu_before = cpu_s(srv.process.pid)
     with PeakMemory(srv) as memory:
         started = time.perf_counter()
         await asyncio.gather(*(send(client, event_id, batch) for batch in batches))
         elapsed = time.perf_counter() - started
-    return elapsed, memory.growth_mb
+    return elapsed, memory.growth_mb, cpu_s(srv.process.pid) - cpu_before
 
 
-async def grid(client) -> None:
-    events = (await client.get("/api/events")).json()["items"]
-    event_id = events[-1]["id"]
+async def grid(client, event_id: int) -> None:
     items = (
         await client.get("/api/all-photos", params={"event_id": event_id, "limit": 100})
     ).json()["items"]
@@ -145,14 +196,33 @@ async def main() -> None:
     async with fresh_database() as url:
         with server(url, FINDME_RUN_WORKERS="false") as srv:
             client = await sign_in(srv.url, photographer(srv))
+            events = {}
             for requests in (1, 10):
-                elapsed, growth = await timed_upload(srv, client, paths, requests)
+                store_s = await storage_limit(url, paths, writers=requests)
+                print(
+                    f"bytea inserts by a bare loop, {requests} writer(s) (the storage's limit): "
+                    f"{store_s:.2f} s ({total_mb / store_s:.0f} MB/s)"
+                )
+                created = await client.post("/api/events", json={"name": f"{requests} requests"})
+                events[requests] = created.json()["id"]
+                await checkpoint(url)
+                elapsed, growth, cpu = await timed_upload(
+                    srv, client, events[requests], paths, requests
+                )
                 print(
                     f"{requests:>2} request(s): last response after {elapsed:.2f} s "
                     f"({total_mb / elapsed:.0f} MB/s, {elapsed / disk_s:.1f}x the disk's limit); "
-                    f"server RSS grew {growth:.0f} MB at peak"
+                    f"server RSS grew {growth:.0f} MB at peak; "
+                    f"server CPU {cpu * 1000 / len(paths):.0f} ms per photo"
                 )
-            await grid(client)
+                print(
+                    f"uploads / storage limit: {store_s / elapsed:.0%} "
+                    f"({requests} request{'s' if requests > 1 else ''})"
+                )
+            # The thumbnails are the jobs': run those of one event, then load its grid.
+            await client.delete(f"/api/events/{events[1]}")
+            srv.findme("process", "--burst")
+            await grid(client, events[10])
             await client.aclose()
 
 

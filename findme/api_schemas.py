@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from findme.db import Gallery, JobKind, JobStatus, PhotoStatus, Role
+from findme.db import Gallery, JobKind, JobStatus, Joining, PhotoStatus, Role
 from findme.domain.accounts import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS
 
 Schema = dict[str, Any]
@@ -103,6 +103,18 @@ _GALLERY: Schema = {
     "description": "own: each attendee sees only the photos they are in; all: everyone who "
     "joined sees every photo (the organiser and admins always do)",
 }
+_JOINING: Schema = {
+    **enum(Joining),
+    "description": "open: anyone with the code may join (until it expires); closed: nobody new "
+    "may join. Members stay members either way",
+}
+_CODE_EXPIRES_AT: Schema = {
+    **nullable(WHEN),
+    "description": "after this time the code admits nobody new (null: never). A time already "
+    "past is allowed: the code then admits nobody from now on. A new code has no expiry",
+}
+# Shown to the event's organiser and admins only.
+_MANAGED = ("joining", "code_expires_at")
 _EVENT = obj(
     {
         "id": ID,
@@ -114,7 +126,10 @@ _EVENT = obj(
         "join_path": URL_PATH,
         "gallery": _GALLERY,
         "my_role": enum(["organiser", "member", "admin"]),
-    }
+        "joining": _JOINING,
+        "code_expires_at": _CODE_EXPIRES_AT,
+    },
+    optional=_MANAGED,
 )
 _PHOTO = obj(
     {
@@ -211,9 +226,15 @@ COMPONENTS: dict[str, Schema] = {
             },
             "name": _text(max_chars=120),
             "role": {**enum(Role), "default": "attendee"},
+            "next": {
+                "type": "string",
+                "description": "a path on this site to go to once the emailed link is used "
+                "(email configured); anything else goes to /",
+            },
         },
-        optional=("role",),
+        optional=("role", "next"),
     ),
+    "SignupConfirmation": obj({"token": _text(max_chars=200)}),
     "Credentials": obj({"email": TEXT, "password": TEXT}),
     "TokenRequest": obj({"name": _text(max_chars=120)}),
     "ResetRequest": obj({"email": {"type": "string", "format": "email", "maxLength": 254}}),
@@ -235,7 +256,14 @@ COMPONENTS: dict[str, Schema] = {
         },
         optional=("date", "gallery"),
     ),
-    "EventChange": obj({"gallery": _GALLERY}),
+    "EventChange": {
+        **obj(
+            {"gallery": _GALLERY, "joining": _JOINING, "code_expires_at": _CODE_EXPIRES_AT},
+            optional=("gallery", *_MANAGED),
+        ),
+        "minProperties": 1,
+        "description": "the settings to change, at least one; the others stay as they are",
+    },
     "JoinRequest": obj({"code": _text(max_chars=32)}),
     "SelfieUpload": obj(
         {
@@ -256,6 +284,7 @@ COMPONENTS.update(
     {
         "UserReply": obj({"user": _user}),
         "SignedIn": obj({"user": _user, "csrf_token": TEXT}),
+        "SignedUp": obj({"user": _user, "next": URL_PATH}),
         "Detail": obj({"detail": TEXT}),
         "Me": obj(
             {
@@ -294,6 +323,32 @@ COMPONENTS.update(
                 }
             )
         ),
+        "NewShareLink": obj(
+            {
+                "id": ID,
+                "url": {
+                    "type": "string",
+                    "format": "uri",
+                    "description": "the link to give out: anyone who has it sees the photo, "
+                    "until it is turned off; shown this once",
+                },
+                "created_at": WHEN,
+            }
+        ),
+        "ShareLinks": list_of(
+            obj(
+                {
+                    "id": ID,
+                    "photo_id": ID,
+                    "event_id": ID,
+                    "event_name": TEXT,
+                    "thumb_url": URL_PATH,
+                    "created_at": WHEN,
+                    "last_opened_at": nullable(WHEN),
+                    "opened_count": COUNT,
+                }
+            )
+        ),
         "SelfieSet": obj({"has_selfie": {"const": True}, "consent_at": nullable(WHEN)}),
         "Selfies": list_of(_SELFIE),
         "SelfieAdded": obj(
@@ -301,7 +356,8 @@ COMPONENTS.update(
         ),
         "Events": list_of(_event),
         "EventDetail": obj(
-            _EVENT["properties"] | {"counts": obj({"photos": COUNT, "members": COUNT})}
+            _EVENT["properties"] | {"counts": obj({"photos": COUNT, "members": COUNT})},
+            optional=_MANAGED,
         ),
         "Joined": obj({"event": _event, "job": {"oneOf": [_job_link, {"type": "null"}]}}),
         "Progress": obj(

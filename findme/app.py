@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -16,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.staticfiles import StaticFiles
 
-from findme.errors import FindMeError
+from findme.errors import Busy, FindMeError
 from findme.metrics import AccessLog, Metrics
 from findme.routes import (
     accounts,
@@ -28,6 +30,7 @@ from findme.routes import (
     pages,
     photos,
     privacy,
+    shares,
     stream,
     uploads,
 )
@@ -37,6 +40,8 @@ from findme.settings import Settings
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+# When a caller finding no free database connection should try again: 5-10 s.
+BUSY_RETRY_S = 10
 
 HTTP_CODES = {
     400: ("bad_request", "The request is not valid."),
@@ -72,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *ops.routes,
         *stream.routes,
         *downloads.routes,
+        *shares.routes,
         *pages.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]
@@ -83,6 +89,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={
             FindMeError: _findme_error,
             HTTPException: _http_error,
+            sqlalchemy.exc.TimeoutError: _no_free_connection,
             Exception: _unexpected_error,
         },
     )
@@ -110,6 +117,17 @@ async def _findme_error(request: Request, exc: Exception) -> Response:
     if "retry_after_s" in exc.extra:
         response.headers["Retry-After"] = str(exc.extra["retry_after_s"])
     return response
+
+
+async def _no_free_connection(request: Request, exc: Exception) -> Response:
+    """No database connection came free in FINDME_DB_POOL_TIMEOUT_S (a reconnect storm, a
+    crowd at once): a 503 that says when to come back, never a 500. Each caller gets its own
+    delay, so a crowd does not return in step."""
+    logger.warning(
+        "no free database connection", extra={"action": "pool_exhausted", "path": request.url.path}
+    )
+    busy = Busy(retry_after_s=random.randint(BUSY_RETRY_S // 2, BUSY_RETRY_S))
+    return await _findme_error(request, busy)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -102,10 +102,14 @@ class Authenticator:
         await session.execute(delete(BrowserSession).where(BrowserSession.expires_at < utcnow()))
         return browser
 
+    def cookie_value(self, browser: BrowserSession) -> str:
+        """What the session cookie of `browser` holds: its id, signed."""
+        return self._signer.dumps(browser.id)
+
     def set_cookie(self, response: Response, browser: BrowserSession, *, secure: bool) -> None:
         response.set_cookie(
             SESSION_COOKIE,
-            self._signer.dumps(browser.id),
+            self.cookie_value(browser),
             max_age=self._max_age_s,
             httponly=True,
             samesite="lax",

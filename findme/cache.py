@@ -2,6 +2,12 @@
 
 `cachetools.cached` on an `async def` would cache the coroutine object, not its result, so the
 caches here await the loader themselves; concurrent misses for one key share one load.
+
+Photo lists are kept as encoded JSON pages: a hit costs no query and no serialisation. "My
+photos" pages belong to their user and go with the user's match news. An event's gallery pages
+(`/api/all-photos`) are shared by everyone who sees every photo of the event and go with the
+event's photo news (added, processed, deleted); a member who sees only their own photos there
+has pages of their own, which go with their match news like "my photos".
 """
 
 from __future__ import annotations
@@ -94,18 +100,32 @@ class AsyncCache(Generic[V]):
         }
 
 
+def gallery_key(
+    *, event_id: int, member_id: int | None, cursor: int, limit: int
+) -> tuple[Hashable, ...]:
+    """The `all_photos` key of a gallery page: the event's own (every photo), or, for a member
+    who sees only their photos (`member_id`), that member's."""
+    if member_id is None:
+        return (("event", event_id), cursor, limit)
+    return (("member", member_id), event_id, cursor, limit)
+
+
 @dataclass
 class Caches:
     my_photos: AsyncCache[bytes]
+    all_photos: AsyncCache[bytes]
     events: AsyncCache[Any]
     users: AsyncCache[Any]
     sessions: AsyncCache[Any]
 
     @classmethod
-    def create(cls, *, my_photos_s: float, events_s: float, users_s: float) -> Caches:
-        """Time to live of each cache; 0 turns a cache off."""
+    def create(
+        cls, *, my_photos_s: float, events_s: float, users_s: float, all_photos_s: float = 0
+    ) -> Caches:
+        """Time to live of each cache; 0 turns a cache off (the gallery's unless given)."""
         return cls(
             my_photos=AsyncCache("my_photos", maxsize=10_000, ttl_s=my_photos_s),
+            all_photos=AsyncCache("all_photos", maxsize=10_000, ttl_s=all_photos_s),
             events=AsyncCache("events", maxsize=2_000, ttl_s=events_s),
             users=AsyncCache("users", maxsize=10_000, ttl_s=users_s),
             # Signed-in browsers: without it every request pays a database round trip.
@@ -113,10 +133,15 @@ class Caches:
         )
 
     def all(self) -> list[AsyncCache[Any]]:
-        return [self.my_photos, self.events, self.users, self.sessions]
+        return [self.my_photos, self.all_photos, self.events, self.users, self.sessions]
 
     async def matches_changed(self, user_ids: set[int]) -> None:
         self.my_photos.invalidate(set(user_ids))
+        self.all_photos.invalidate({("member", user_id) for user_id in user_ids})
+
+    async def photos_changed(self, event_ids: set[int]) -> None:
+        """A photo of these events was added, processed or deleted, or the event was deleted."""
+        self.all_photos.invalidate({("event", event_id) for event_id in event_ids})
 
     def clear(self) -> None:
         for cache in self.all():

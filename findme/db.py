@@ -93,6 +93,13 @@ class Gallery(enum.StrEnum):
     all = "all"
 
 
+class Joining(enum.StrEnum):
+    """Whether an event's code admits new guests: open (the default) or closed by its organiser."""
+
+    open = "open"
+    closed = "closed"
+
+
 class JobKind(enum.StrEnum):
     process_photo = "process_photo"
     match_member = "match_member"
@@ -189,6 +196,26 @@ class PasswordReset(Base):
     used_at: Mapped[dt.datetime | None]
 
 
+class Signup(Base):
+    """A sign-up waiting for its emailed link: the account is created when the link is used.
+
+    Only the token's hash is kept, and the password only as its hash. One email may have
+    several (a person may ask twice); the first link used creates the account and spends all.
+    """
+
+    __tablename__ = "signups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Where the person was going when they signed up: a path on this site.
+    next_path: Mapped[str] = mapped_column(String(2000))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+
+
 class Event(Base):
     __tablename__ = "events"
 
@@ -206,6 +233,12 @@ class Event(Base):
     gallery: Mapped[Gallery] = mapped_column(
         _enum(Gallery), default=Gallery.own, server_default=Gallery.own.value
     )
+    # Who may still join with the code: the organiser closes joining, or lets the code expire
+    # (None: it never does). Members stay members either way.
+    joining: Mapped[Joining] = mapped_column(
+        _enum(Joining), default=Joining.open, server_default=Joining.open.value
+    )
+    code_expires_at: Mapped[dt.datetime | None]
 
 
 class EventMember(Base):
@@ -306,7 +339,11 @@ class Job(Base):
     event_id: Mapped[int | None] = mapped_column(
         ForeignKey("events.id", ondelete="CASCADE"), index=True
     )
-    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # Indexed: a member's status page looks up their matching jobs, and erasing an account
+    # deletes its jobs, without reading every photo's job of the events.
+    user_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # No default: jobs.py sets it from FINDME_JOB_MAX_ATTEMPTS when it enqueues the job.
     max_attempts: Mapped[int] = mapped_column(Integer)
@@ -318,6 +355,21 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
+
+
+class ShareLink(Base):
+    """A private link to one photo, made by someone who may see it: only the token's hash is
+    kept. It goes with its photo (and so its event) and with the account that made it."""
+
+    __tablename__ = "share_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_opened_at: Mapped[dt.datetime | None]
+    opened_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Database:
@@ -347,6 +399,11 @@ class Database:
             self.engine,
             expire_on_commit=False,
             info={SESSION_JOB_MAX_ATTEMPTS: settings.job_max_attempts},
+        )
+        # For reads only: each statement sees the latest commit, and no BEGIN and ROLLBACK
+        # round trips are paid around them (the photo lists, their access checks).
+        self.reads = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
         )
 
     @asynccontextmanager

@@ -2,7 +2,8 @@
 
 One cheap call per part, without retries and with short timeouts: the database (SELECT 1 and
 the schema revision), the recognition engine (the local model files, or Rekognition's
-ListCollections) and the photo storage (S3's HeadBucket).
+ListCollections), the photo storage (S3's HeadBucket) and the mail server (a connection, with
+STARTTLS and sign-in as configured).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aioboto3  # type: ignore[import-untyped]
+import aiosmtplib
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from botocore.exceptions import (  # type: ignore[import-untyped]
     BotoCoreError,
@@ -33,6 +35,7 @@ from findme.settings import Settings
 CHECK_CONFIG = AioConfig(
     retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=5, read_timeout=10
 )
+SMTP_TIMEOUT_S = 10.0
 MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
 _BAD_CREDENTIALS = frozenset(
     {
@@ -60,7 +63,8 @@ class Check:
 def add_doctor_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     commands.add_parser(
         "doctor",
-        help="check the database, recognition engine and photo storage this configuration uses",
+        help="check the database, recognition engine, photo storage and mail server this "
+        "configuration uses",
     ).set_defaults(run=_doctor)
 
 
@@ -83,6 +87,7 @@ async def diagnose(settings: Settings) -> list[Check]:
         await _check_database(settings),
         await engine_check[settings.recognizer](aws, settings),
         await storage_check[settings.storage](aws, settings),
+        await _check_email(settings),
         _check_open_files(),
     ]
 
@@ -191,6 +196,44 @@ async def _check_s3(aws: aioboto3.Session, settings: Settings) -> Check:
 
 async def _database_storage(_aws: aioboto3.Session, _settings: Settings) -> Check:
     return Check("storage", True, "photo bytes are kept in the database (checked above).")
+
+
+async def _check_email(settings: Settings) -> Check:
+    if not settings.smtp_host:
+        # Not a failure: FindMe works without email, but sign-up then cannot be oracle-free.
+        return Check(
+            "email",
+            True,
+            "not configured (FINDME_SMTP_HOST is empty): sign-up confirms no email address and "
+            "tells anyone which emails have an account, and no password-reset link can be "
+            "sent. Set FINDME_SMTP_HOST to confirm sign-ups by an emailed link.",
+        )
+    where = f"mail server {settings.smtp_host}:{settings.smtp_port}"
+    client = aiosmtplib.SMTP(
+        hostname=settings.smtp_host,
+        port=settings.smtp_port,
+        username=settings.smtp_user or None,
+        password=str(settings.smtp_password) or None,
+        start_tls=settings.smtp_starttls,
+        timeout=SMTP_TIMEOUT_S,
+    )
+    try:
+        async with client:
+            await client.noop()
+    except (aiosmtplib.SMTPException, OSError) as error:
+        return Check(
+            "email",
+            False,
+            f"{where} does not answer as configured ({_first_line(error)}). Check "
+            "FINDME_SMTP_HOST, FINDME_SMTP_PORT, FINDME_SMTP_STARTTLS and the mail server's user "
+            "and password.",
+        )
+    return Check(
+        "email",
+        True,
+        f"{where} answers; sign-up and password reset go by emailed links, so neither tells "
+        "which emails have an account.",
+    )
 
 
 def _check_open_files() -> Check:

@@ -57,6 +57,18 @@ class CsrfFailed(Forbidden):
     code = "csrf_failed"
 
 
+class JoiningClosed(Forbidden):
+    """This event is not taking new guests. Ask the organiser."""
+
+    code = "joining_closed"
+
+
+class CodeExpired(Forbidden):
+    """This join code has expired. Ask the organiser for a new one."""
+
+    code = "code_expired"
+
+
 class NotFound(FindMeError):
     """Not found."""
 
@@ -115,6 +127,13 @@ class RateLimited(FindMeError):
 
     status_code = 429
     code = "rate_limited"
+
+
+class Busy(FindMeError):
+    """The server is too busy to answer right now. Try again in a few seconds."""
+
+    status_code = 503
+    code = "busy"
 
 
 class NotReady(FindMeError):

@@ -1,8 +1,11 @@
-"""Image checks and transformations for uploads: validation, thumbnails, GPS removal."""
+"""Image checks and transformations: uploads checked from their headers, GPS blanked in place,
+grid thumbnails encoded from pixels a job has decoded."""
 
 from __future__ import annotations
 
+import functools
 import io
+import mmap
 import struct
 import warnings
 import zlib
@@ -25,6 +28,8 @@ CONTENT_TYPES = {
     "HEIF": "image/heic",
 }
 GPS_IFD_TAG = 0x8825
+# The colour of an empty grid tile (static/css/app.css `.tile`): a photo not processed yet.
+PLACEHOLDER_RGB = (230, 232, 239)
 
 
 class EmptyFile(BadRequest):
@@ -46,26 +51,25 @@ class TooManyPixels(TooLarge):
 
 
 @dataclass(frozen=True)
-class PreparedImage:
+class CheckedImage:
     content_type: str
     width: int
     height: int
-    thumbnail: bytes
 
 
-def prepare_upload(path: Path, *, max_pixels: int, thumbnail_px: int) -> PreparedImage:
-    """Check an uploaded file is a whole, supported image; blank its GPS data in place.
+def check_upload(path: Path, *, max_pixels: int) -> CheckedImage:
+    """Check an uploaded file from its header: a supported format, within the pixel limit, and
+    whole (its end marker is there); blank its GPS data in place.
 
-    Runs in a worker thread: it decodes the image (at reduced scale where the format allows)
-    so a truncated file is caught here rather than in the pipeline.
+    No pixel is decoded here: the photo's job decodes it once, for its faces and its thumbnail,
+    and a photo whose header is fine but whose pixels are broken fails there, with its reason.
     """
     if path.stat().st_size == 0:
         raise EmptyFile()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Decoded from the file, not from a copy in memory: a request's photos being checked
-            # at once must not each hold their bytes twice.
+            # Opening reads the header only.
             image = Image.open(path)
     except UnidentifiedImageError:
         raise UnsupportedMedia(
@@ -73,8 +77,11 @@ def prepare_upload(path: Path, *, max_pixels: int, thumbnail_px: int) -> Prepare
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise TooManyPixels(_pixel_sentence(max_pixels)) from None
+    except (OSError, SyntaxError, ValueError, struct.error) as error:
+        raise CorruptImage() from error
     with image:
-        content_type = CONTENT_TYPES.get(image.format or "")
+        image_format = image.format or ""
+        content_type = CONTENT_TYPES.get(image_format)
         if content_type is None:
             raise UnsupportedMedia(
                 f"{image.format} images are not supported. Send JPEG, PNG, WebP or HEIC photos."
@@ -83,15 +90,65 @@ def prepare_upload(path: Path, *, max_pixels: int, thumbnail_px: int) -> Prepare
         if width * height > max_pixels:
             raise TooManyPixels(_pixel_sentence(max_pixels))
         exif_tiff = _exif_tiff(image)
-        try:
-            thumbnail = _thumbnail(image, thumbnail_px)
-        except (OSError, SyntaxError, ValueError, struct.error) as error:
-            raise CorruptImage() from error
+    with path.open("rb") as reader, mmap.mmap(reader.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if not _is_whole(data, image_format):
+            raise CorruptImage()
     if exif_tiff and _has_gps(exif_tiff):
-        data = bytearray(path.read_bytes())
-        if _blank_gps(data, exif_tiff):
-            path.write_bytes(data)
-    return PreparedImage(content_type=content_type, width=width, height=height, thumbnail=thumbnail)
+        with path.open("r+b") as writer, mmap.mmap(writer.fileno(), 0) as data:
+            _blank_gps(data, exif_tiff)
+    return CheckedImage(content_type=content_type, width=width, height=height)
+
+
+def _is_whole(data: mmap.mmap, image_format: str) -> bool:
+    """Whether the file holds its image to the end, judged from markers without decoding: a
+    copy cut short (an interrupted card reader, a partial download) is caught at the upload."""
+    if image_format in ("JPEG", "MPO"):
+        scan = _jpeg_scan_start(data)
+        # Entropy-coded data never holds FF D9 (a data FF is followed by 00 or a restart
+        # marker), so the end-of-image marker after the first scan ends the primary image.
+        # Bytes after it (a phone's motion video) are allowed, as decoders allow them.
+        return scan is not None and data.rfind(b"\xff\xd9", scan) >= 0
+    if image_format == "PNG":
+        first_data = data.find(b"IDAT")
+        return 0 < first_data < data.rfind(b"\x00\x00\x00\x00IEND")
+    if image_format == "WEBP":
+        (riff_bytes,) = struct.unpack_from("<I", data, 4)
+        return 8 + int(riff_bytes) <= len(data)
+    return _boxes_fit(data)  # HEIF
+
+
+def _jpeg_scan_start(data: mmap.mmap) -> int | None:
+    """Where the primary image's first scan begins: past the segments before it (EXIF and its
+    embedded preview included), each skipped by its length."""
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return None
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            offset += 1
+            continue
+        length = int(struct.unpack_from(">H", data, offset + 2)[0])
+        if marker == 0xDA:
+            return offset + 2 + length
+        offset += 2 + length
+    return None
+
+
+def _boxes_fit(data: mmap.mmap) -> bool:
+    """An ISO media file (HEIF): every top-level box lies within the file."""
+    offset = 0
+    while offset + 8 <= len(data):
+        (size,) = struct.unpack_from(">I", data, offset)
+        if size == 1 and offset + 16 <= len(data):
+            (size,) = struct.unpack_from(">Q", data, offset + 8)
+        elif size == 0:  # the last box runs to the end of the file
+            return True
+        if size < 8:
+            return False
+        offset += size
+    # Fewer than 8 bytes left over are trailing padding, not a box cut short.
+    return offset <= len(data)
 
 
 def _pixel_sentence(max_pixels: int) -> str:
@@ -104,9 +161,14 @@ def _pixel_sentence(max_pixels: int) -> str:
 def thumbnail_of(
     data: bytes, *, size_px: int, around: tuple[int, int, int, int] | None = None
 ) -> bytes:
-    """A JPEG thumbnail of an image already checked by `prepare_upload` (a stored selfie),
-    square around the face box `around` (in the upright image's pixels) when there is one."""
+    """A JPEG thumbnail of a stored image: a photo's grid thumbnail when its faces are found
+    elsewhere (Rekognition), or a selfie's, square around the face box `around` (in the upright
+    image's pixels). Raises what Pillow raises for broken pixels."""
     with Image.open(io.BytesIO(data)) as image:
+        if around is None:
+            # draft() lets the JPEG decoder scale by 1/2..1/8 while decoding: a 24 MP photo
+            # becomes a thumbnail without ever holding its full-size pixels.
+            image.draft("RGB", (size_px, size_px))
         image.load()
         upright = ImageOps.exif_transpose(image)
     if around is not None:
@@ -115,21 +177,30 @@ def thumbnail_of(
         half = max(right - left, bottom - top)
         centre_x, centre_y = (left + right) // 2, (top + bottom) // 2
         upright = upright.crop((centre_x - half, centre_y - half, centre_x + half, centre_y + half))
-    return _thumbnail(upright, size_px)
+    return encode_thumbnail(upright, size_px)
 
 
-def _thumbnail(image: Image.Image, size_px: int) -> bytes:
-    # draft() lets the JPEG decoder scale by 1/2..1/8 while decoding: a 24 MP photo becomes a
-    # thumbnail without ever holding its full-size pixels. load() still reads every byte, so a
-    # truncated file fails here.
-    image.draft("RGB", (size_px, size_px))
-    image.load()
-    oriented = ImageOps.exif_transpose(image)
-    oriented.thumbnail((size_px, size_px), Image.Resampling.LANCZOS)
-    oriented = to_rgb(oriented)
+def encode_thumbnail(upright: Image.Image, size_px: int) -> bytes:
+    """The JPEG that grids show of pixels already oriented: at most `size_px` on the longer side.
+
+    Pillow writes no metadata it is not given, so no EXIF, and no GPS, comes along.
+    """
+    scale = min(1.0, size_px / max(upright.size))
+    size = (max(1, round(upright.width * scale)), max(1, round(upright.height * scale)))
+    small = to_rgb(upright)
+    if small.size != size:
+        # A cheap box reduction to 3x the size first, then Lanczos: the same look for far less.
+        small = small.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     out = io.BytesIO()
-    oriented.save(out, "JPEG", quality=82, optimize=True, progressive=True)
+    small.save(out, "JPEG", quality=82, optimize=True, progressive=True)
     return out.getvalue()
+
+
+@functools.cache
+def placeholder_thumbnail() -> bytes:
+    """What a photo's thumbnail address shows until the photo's job has made the thumbnail: an
+    empty tile, so a grid of photos still being processed looks finished."""
+    return encode_thumbnail(Image.new("RGB", (16, 16), PLACEHOLDER_RGB), 16)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -156,25 +227,25 @@ def _has_gps(exif_tiff: bytes) -> bool:
     return _ifd0_value(exif_tiff, "<" if order == b"II" else ">", GPS_IFD_TAG) is not None
 
 
-def _blank_gps(data: bytearray, exif_tiff: bytes) -> bool:
+def _blank_gps(data: mmap.mmap, exif_tiff: bytes) -> None:
     """Empty the EXIF GPS directory where it lies in the file, keeping every other byte.
 
     The file's length and its image data are unchanged: no re-encoding, no offsets to fix.
     """
     start = data.find(exif_tiff[:64])
     if start < 0:
-        return False
+        return
     order = exif_tiff[:2]
     if order not in (b"II", b"MM"):
-        return False
+        return
     endian = "<" if order == b"II" else ">"
     gps_offset = _ifd0_value(exif_tiff, endian, GPS_IFD_TAG)
     if gps_offset is None or gps_offset + 2 > len(exif_tiff):
-        return False
+        return
     (count,) = struct.unpack_from(endian + "H", exif_tiff, gps_offset)
     end = gps_offset + 2 + 12 * count + 4
     if end > len(exif_tiff):
-        return False
+        return
     for index in range(count):
         entry = gps_offset + 2 + 12 * index
         _tag, kind, items, value = struct.unpack_from(endian + "HHII", exif_tiff, entry)
@@ -183,7 +254,6 @@ def _blank_gps(data: bytearray, exif_tiff: bytes) -> bool:
             data[start + value : start + value + size] = bytes(size)
     data[start + gps_offset : start + end] = bytes(end - gps_offset)
     _fix_png_crc(data, start)
-    return True
 
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
@@ -204,9 +274,9 @@ def _ifd0_value(tiff: bytes, endian: str, tag: int) -> int | None:
     return None
 
 
-def _fix_png_crc(data: bytearray, tiff_start: int) -> None:
+def _fix_png_crc(data: mmap.mmap, tiff_start: int) -> None:
     """A PNG eXIf chunk carries a CRC over its bytes: recompute it after editing."""
-    if not data.startswith(b"\x89PNG") or data[tiff_start - 4 : tiff_start] != b"eXIf":
+    if data[:4] != b"\x89PNG" or data[tiff_start - 4 : tiff_start] != b"eXIf":
         return
     (length,) = struct.unpack_from(">I", data, tiff_start - 8)
     crc = zlib.crc32(data[tiff_start - 4 : tiff_start + length])

@@ -1,11 +1,13 @@
-"""News that users changed, for caches and live pages, across instances.
+"""News that users or events changed, for caches and live pages, across instances.
 
-Two kinds of news: a user's matches changed (caches of "my photos", live pages), or their
+Three kinds of news: a user's matches changed (caches of "my photos", live pages), or their
 account did (sign-out, token revoked, erasure, new selfie: cached sessions and users, and
-live streams, which end when their session does). Within a process, the listeners of the
-kind are called with the changed user ids (the caches, the stream hub). On PostgreSQL
-every change is also sent with NOTIFY, and each instance LISTENs, so a match made by a worker
-of another instance, or a sign-out there, reaches this instance's caches and open pages too.
+live streams, which end when their session does), or an event's photos did (added,
+processed, deleted, or the event deleted: cached galleries). Within a process, the listeners
+of the kind are called with the changed user ids, or event ids for photo news (the caches,
+the stream hub). On PostgreSQL every change is also sent with NOTIFY, and each instance
+LISTENs, so a match made by a worker of another instance, or a sign-out there, reaches this
+instance's caches and open pages too.
 """
 
 from __future__ import annotations
@@ -27,17 +29,18 @@ MAX_PAYLOAD_IDS = 500  # NOTIFY payloads stop at 8000 bytes
 Listener = Callable[[set[int]], Awaitable[None]]
 MATCHES = "matches"
 ACCOUNTS = "accounts"
+PHOTOS = "photos"  # its ids are event ids
 
 
 class MatchFeed:
     def __init__(self, *, postgres_dsn: str | None) -> None:
         self._dsn = postgres_dsn
         self._instance = uuid.uuid4().hex[:12]
-        self._listeners: dict[str, list[Listener]] = {MATCHES: [], ACCOUNTS: []}
+        self._listeners: dict[str, list[Listener]] = {MATCHES: [], ACCOUNTS: [], PHOTOS: []}
         self._connection: asyncpg.Connection | None = None
 
     def add_listener(self, listener: Listener, *, kind: str = MATCHES) -> None:
-        """Called with the changed user ids, for changes made here or by another instance."""
+        """Called with the changed ids, for changes made here or by another instance."""
         self._listeners[kind].append(listener)
 
     async def __aenter__(self) -> MatchFeed:

@@ -37,6 +37,7 @@ from findme.errors import FindMeError
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[jobs.ClaimedJob], Awaitable[None]]
+JobEnded = Callable[[jobs.ClaimedJob], Awaitable[None]]
 JobObserver = Callable[[str, str, float], None]
 ProgressCallback = Callable[[Counter[str], int], None]
 TIMINGS_KEPT = 1000
@@ -58,6 +59,7 @@ class Pipeline:
         retry_base_s: float,
         housekeeping: Callable[[], Awaitable[None]] | None = None,
         housekeeping_interval_s: float = 3600.0,
+        on_job_ended: JobEnded | None = None,
         poll_s: float = 1.0,
         reclaim_interval_s: float = RECLAIM_INTERVAL_S,
     ) -> None:
@@ -72,6 +74,8 @@ class Pipeline:
         self._housekeeping = housekeeping
         self._housekeeping_interval_s = housekeeping_interval_s
         self._reclaim_interval_s = reclaim_interval_s
+        # Told of every job that ran here, done or failed: what it changed may be news.
+        self._on_job_ended = on_job_ended
         self.instance = f"{process_name()}.{uuid.uuid4().hex[:4]}"
         self._queue: asyncio.Queue[jobs.ClaimedJob] = asyncio.Queue()
         self._held: dict[str, jobs.ClaimedJob] = {}
@@ -231,6 +235,8 @@ class Pipeline:
             self.active += 1
             try:
                 await self._run(job)
+                if self._on_job_ended is not None:
+                    await self._on_job_ended(job)
             finally:
                 self.active -= 1
                 self._held.pop(job.token, None)

@@ -13,9 +13,10 @@ from sqlalchemy.engine import make_url
 from findme.auth import Authenticator
 from findme.cache import Caches
 from findme.capacity import StreamSlots, open_files
-from findme.db import Database
+from findme.db import Database, JobKind
 from findme.engines import Engine, open_engine
-from findme.live import ACCOUNTS, MatchFeed
+from findme.jobs import ClaimedJob
+from findme.live import ACCOUNTS, PHOTOS, MatchFeed
 from findme.mail import Mailer
 from findme.pipeline import Pipeline
 from findme.ratelimit import RateLimiter
@@ -58,6 +59,11 @@ class AppState:
         """Signed out, erased or new selfie: every instance drops its cached copies."""
         await self.feed.publish(user_ids, kind=ACCOUNTS)
 
+    async def on_photos_changed(self, event_ids: set[int]) -> None:
+        """A photo of these events was added, processed or deleted, or the event was deleted:
+        every instance drops its cached galleries of them."""
+        await self.feed.publish(event_ids, kind=PHOTOS)
+
 
 @asynccontextmanager
 async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterator[AppState]:
@@ -68,11 +74,13 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             my_photos_s=settings.cache_my_photos_s,
             events_s=settings.cache_events_s,
             users_s=settings.cache_users_s,
+            all_photos_s=settings.cache_all_photos_s,
         )
         feed = await stack.enter_async_context(
             MatchFeed(postgres_dsn=None if db.is_sqlite else _asyncpg_dsn(settings.database_url))
         )
         feed.add_listener(caches.matches_changed)
+        feed.add_listener(caches.photos_changed, kind=PHOTOS)
         limits = rate_limiter(settings)
         stack.push_async_callback(limits.aclose)
         storage = await open_storage(stack, settings, db=db)
@@ -138,6 +146,10 @@ def rate_limiter(settings: Settings) -> RateLimiter:
                 "Too many password-reset requests for this email. Check your inbox and spam "
                 "folder for the links already sent, or wait and try again.",
             ),
+            "share_links": (
+                settings.rate_share_links,
+                "Too many share links made from your account.",
+            ),
         },
     )
 
@@ -154,6 +166,11 @@ def build_pipeline(state: AppState) -> Pipeline:
         if purged:
             logger.info("purged %d expired faces", purged, extra={"action": "retention_purge"})
 
+    async def photo_job_ended(job: ClaimedJob) -> None:
+        # Processed, failed or retried: the photo's status in its event's gallery changed.
+        if job.kind is JobKind.process_photo and job.event_id is not None:
+            await state.on_photos_changed({job.event_id})
+
     return Pipeline(
         db=state.db,
         handlers=state.engine.handlers(),
@@ -164,4 +181,5 @@ def build_pipeline(state: AppState) -> Pipeline:
         retry_base_s=settings.job_retry_base_s,
         housekeeping=housekeeping,
         housekeeping_interval_s=HOUSEKEEPING_INTERVAL_S,
+        on_job_ended=photo_job_ended,
     )

@@ -370,6 +370,13 @@ class Settings:
             "FINDME_CACHE_MY_PHOTOS_S", doc="lifetime of cached photo lists; 0 turns it off"
         ),
     )
+    cache_all_photos_s: float = field(
+        default=30.0,
+        metadata=env(
+            "FINDME_CACHE_ALL_PHOTOS_S",
+            doc="lifetime of cached event galleries (all photos); 0 turns it off",
+        ),
+    )
     cache_events_s: float = field(
         default=120.0,
         metadata=env("FINDME_CACHE_EVENTS_S", doc="lifetime of cached events; 0 turns it off"),
@@ -437,7 +444,7 @@ class Settings:
         default="",
         metadata=env(
             "FINDME_SMTP_HOST",
-            doc="mail server for password-reset emails; empty: email is not configured",
+            doc="mail server for sign-up and password-reset emails; empty: email is not configured",
             default_doc="empty",
         ),
     )
@@ -481,6 +488,14 @@ class Settings:
             minimum=60,
         ),
     )
+    signup_token_ttl_s: int = field(
+        default=86400,
+        metadata=env(
+            "FINDME_SIGNUP_TOKEN_TTL_S",
+            doc="a sign-up link (sent when email is configured) works this long, and once",
+            minimum=60,
+        ),
+    )
     rate_reset_ip: str = field(
         default="10/hour",
         metadata=env("FINDME_RATE_RESET_IP", doc="password-reset requests per address"),
@@ -488,6 +503,10 @@ class Settings:
     rate_reset_email: str = field(
         default="3/hour",
         metadata=env("FINDME_RATE_RESET_EMAIL", doc="password-reset requests per email address"),
+    )
+    rate_share_links: str = field(
+        default="60/hour",
+        metadata=env("FINDME_RATE_SHARE_LINKS", doc="new share links per account"),
     )
 
     @classmethod

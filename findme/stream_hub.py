@@ -3,7 +3,7 @@
 A photo of a crowd can match hundreds of members at once. Were each of their streams to read
 its own new matches and check its own session, a burst would cost two queries per stream while
 every page waited for the connection pool. Here news only marks the streams it concerns; one
-task reads the new matches of all of them (a statement per 200 members) and whether their
+task reads the new matches of all of them (one statement on PostgreSQL) and whether their
 sessions and tokens still stand (one more), then hands each stream its rows. One read runs at
 a time, so live streams never hold more than one pooled connection; news that arrives during a
 read is served by the next one.

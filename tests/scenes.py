@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import io
 import json
+import struct
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import numpy as np
 from PIL import Image
-from sqlalchemy import insert
+from sqlalchemy import insert, update
 from sqlalchemy.engine import make_url
 
-from findme.db import Database, FaceMatch
+from findme.db import Database, FaceMatch, Photo, PhotoStatus, utcnow
 from findme.live import MatchFeed
 from findme.services import build_pipeline, open_services
 from findme.settings import Settings
@@ -50,10 +52,16 @@ async def join(client: httpx.AsyncClient, event: dict[str, Any]) -> None:
 
 
 async def add_matches(settings, *, user_id: int, event_id: int, photo_ids: list[int]) -> list[int]:
-    """Match rows as the pipeline writes them, then the NOTIFY another instance would send."""
+    """Match rows as the pipeline writes them, with their photos processed as the pipeline
+    leaves them once matched, then the NOTIFY another instance would send."""
     db = Database(settings)
     try:
         async with db.transaction() as session:
+            await session.execute(
+                update(Photo)
+                .where(Photo.id.in_(photo_ids), Photo.status == PhotoStatus.queued)
+                .values(status=PhotoStatus.done, processed_at=utcnow())
+            )
             ids = [
                 await session.scalar(
                     insert(FaceMatch)
@@ -166,3 +174,24 @@ async def my_filenames(client, event_id: int) -> list[str]:
 
 def expected(person: str) -> list[str]:
     return sorted(manifest()["expected_my_photos"][person])
+
+
+def png_with_broken_pixels() -> bytes:
+    """e08.png with a sound header and end but a damaged compressed stream (its chunk's CRC
+    made right again): only decoding the pixels tells."""
+    data = bytearray((faces_dir() / "event" / "e08.png").read_bytes())
+    chunk = data.index(b"IDAT")
+    (length,) = struct.unpack_from(">I", data, chunk - 4)
+    for index in range(chunk + 20, chunk + 4 + min(length, 2000)):
+        data[index] ^= 0x5A
+    struct.pack_into(">I", data, chunk + 4 + length, zlib.crc32(data[chunk : chunk + 4 + length]))
+    return bytes(data)
+
+
+def jpeg_with_broken_pixels() -> bytes:
+    """e12.jpg whose scan names colour components its frame does not have."""
+    data = bytearray((faces_dir() / "event" / "e12.jpg").read_bytes())
+    scan = data.index(b"\xff\xda")
+    for component in range(data[scan + 4]):
+        data[scan + 5 + 2 * component] = 0x77
+    return bytes(data)

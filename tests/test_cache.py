@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
 from findme.cache import AsyncCache
+from tests.conftest import serve
+from tests.scenes import add_matches, drain, join, jpeg, upload
 
 
 async def test_concurrent_misses_run_one_load() -> None:
@@ -96,7 +99,7 @@ async def test_admin_sees_cache_figures_and_clears_them(make_user, make_event) -
     my_photos = stats["cache"]["my_photos"]
     assert (my_photos["hits"], my_photos["misses"], my_photos["size"]) == (2, 1, 1)
     assert my_photos["hit_rate"] == pytest.approx(2 / 3, abs=0.001)
-    assert set(stats["cache"]) == {"my_photos", "events", "users", "sessions"}
+    assert set(stats["cache"]) == {"my_photos", "all_photos", "events", "users", "sessions"}
     assert set(stats["queue"]) >= {
         "total_enqueued",
         "total_processed",
@@ -111,9 +114,7 @@ async def test_admin_sees_cache_figures_and_clears_them(make_user, make_event) -
 
 
 async def test_sign_out_on_one_instance_ends_the_session_on_every_instance(settings) -> None:
-    import httpx
-
-    from tests.conftest import PASSWORD, serve
+    from tests.conftest import PASSWORD
 
     async with serve(settings) as first_url, serve(settings) as second_url:
         async with httpx.AsyncClient(base_url=first_url) as first:
@@ -145,3 +146,110 @@ async def test_a_zero_time_to_live_turns_a_cache_off() -> None:
 
     assert [await cache.get((1,), load) for _ in range(3)] == [1, 2, 3]
     assert cache.stats()["size"] == 0
+
+
+async def gallery(client, event_id: int) -> dict[int, str]:
+    """The event's gallery as the client sees it: photo id -> status."""
+    response = await client.get("/api/all-photos", params={"event_id": event_id, "limit": 200})
+    assert response.status_code == 200, response.text
+    return {item["id"]: item["status"] for item in response.json()["items"]}
+
+
+async def gallery_cache(admin) -> dict:
+    return (await admin.get("/api/admin/queue/stats")).json()["cache"]["all_photos"]
+
+
+async def eventually(check, *, attempts: int = 100) -> bool:
+    """Whether `check()` comes true within moments: news from another instance travels by
+    NOTIFY. The pages live 30 s, far longer than this waits, so only the news can do it."""
+    for _ in range(attempts):
+        if await check():
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_an_event_gallery_is_cached_until_its_photos_change(
+    make_user, make_event, server
+) -> None:
+    admin, organiser = await make_user("admin"), await make_user("photographer")
+    event = await make_event(organiser)
+    first, second = await upload(organiser, event["id"], ("a.jpg", jpeg(1)), ("b.jpg", jpeg(2)))
+    assert await gallery(organiser, event["id"]) == {first: "queued", second: "queued"}
+    before = await gallery_cache(admin)
+    # Served from the cache, and one page for everyone who sees every photo (admins too).
+    assert await gallery(organiser, event["id"]) == {first: "queued", second: "queued"}
+    assert await gallery(admin, event["id"]) == {first: "queued", second: "queued"}
+    after = await gallery_cache(admin)
+    assert (after["hits"], after["misses"]) == (before["hits"] + 2, before["misses"])
+
+    (third,) = await upload(organiser, event["id"], ("c.jpg", jpeg(3)))
+    assert set(await gallery(organiser, event["id"])) == {first, second, third}
+    assert (await organiser.delete(f"/api/photo/{first}")).status_code == 204
+    assert set(await gallery(organiser, event["id"])) == {second, third}
+
+    # Processed by the workers of another instance: their news crosses over.
+    assert (await drain(server.settings))["done"] == 2
+
+    async def processed() -> bool:
+        return await gallery(organiser, event["id"]) == {second: "no_faces", third: "no_faces"}
+
+    assert await eventually(processed)
+
+    assert (await organiser.delete(f"/api/events/{event['id']}")).status_code == 204
+    assert (await gallery_cache(admin))["size"] == 0
+
+
+async def test_galleries_on_two_instances_hear_of_each_others_changes(
+    make_user, make_event, server, settings
+) -> None:
+    organiser, member = await make_user("photographer"), await make_user()
+    event = await make_event(organiser)
+    await join(member, event)
+    (first,) = await upload(organiser, event["id"], ("a.jpg", jpeg(1)))
+    async with serve(settings) as other_url:
+        there = {
+            client: httpx.AsyncClient(
+                base_url=other_url, cookies=client.cookies, headers=dict(client.headers)
+            )
+            for client in (organiser, member)
+        }
+        try:
+            for _ in range(2):  # cached there
+                assert await gallery(there[organiser], event["id"]) == {first: "queued"}
+                assert await gallery(there[member], event["id"]) == {}
+
+            (second,) = await upload(organiser, event["id"], ("b.jpg", jpeg(2)))
+
+            async def added() -> bool:
+                return set(await gallery(there[organiser], event["id"])) == {first, second}
+
+            assert await eventually(added)
+            assert (await organiser.delete(f"/api/photo/{first}")).status_code == 204
+
+            async def deleted() -> bool:
+                return set(await gallery(there[organiser], event["id"])) == {second}
+
+            assert await eventually(deleted)
+
+            # A member who sees only their own photos hears of their matches, as in "my photos".
+            await add_matches(
+                settings, user_id=member.user["id"], event_id=event["id"], photo_ids=[second]
+            )
+
+            async def matched() -> bool:
+                return set(await gallery(there[member], event["id"])) == {second}
+
+            assert await eventually(matched)
+            assert (await organiser.delete(f"/api/events/{event['id']}")).status_code == 204
+
+            async def gone() -> bool:
+                response = await there[organiser].get(
+                    "/api/all-photos", params={"event_id": event["id"]}
+                )
+                return response.status_code == 404 or response.json()["items"] == []
+
+            assert await eventually(gone)
+        finally:
+            for client in there.values():
+                await client.aclose()

@@ -32,6 +32,7 @@ from tests.crowd import crowd_scenes
 from tests.shared_faces import faces_dir, group_shot, iou, manifest
 
 MIN_FACE_PX = 120  # the settings default
+THUMBNAIL_PX = 480  # the settings default, which the engine's pool uses unless told
 GROUP_FACE_WIDTHS = [120, 129, 138, 147, 156, 164, 173, 182, 191, 200]
 
 
@@ -48,7 +49,9 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
 @pytest.fixture(scope="module")
 def photos() -> dict[str, FaceAnalysis]:
     return {
-        name: analyse_photo(read(f"event/{name}"), min_face_px=MIN_FACE_PX)
+        name: analyse_photo(
+            read(f"event/{name}"), min_face_px=MIN_FACE_PX, thumbnail_px=THUMBNAIL_PX
+        )
         for name in manifest()["event"]
     }
 
@@ -82,6 +85,22 @@ def test_every_event_photo_gives_the_faces_a_good_detector_finds(photos):
             assert len(face.descriptor) == DESCRIPTOR_BYTES
 
 
+def test_the_thumbnail_comes_from_the_same_decode_upright_and_grid_sized(photos):
+    for name, analysis in photos.items():
+        upright = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / name))
+        assert (analysis.width, analysis.height) == upright.size
+        assert analysis.thumbnail is not None
+        shown = Image.open(io.BytesIO(analysis.thumbnail))
+        assert shown.format == "JPEG" and not shown.getexif()
+        scale = min(1.0, THUMBNAIL_PX / max(upright.size))
+        assert shown.size == (round(upright.width * scale), round(upright.height * scale)), name
+        expected = upright.convert("RGB").resize(shown.size, Image.Resampling.LANCZOS)
+        difference = np.abs(np.asarray(shown, np.int16) - np.asarray(expected, np.int16))
+        assert difference.mean() < 6, name
+    # Asked for no thumbnail (selfies, the benches), none is made.
+    assert analyse_photo(read("event/e12.jpg"), min_face_px=MIN_FACE_PX).thumbnail is None
+
+
 def test_matching_every_face_gives_exactly_the_expected_photos(photos, match):
     expected = manifest()
     my_photos: dict[str, list[str]] = {person: [] for person in expected["selfies"]}
@@ -97,7 +116,12 @@ def test_matching_every_face_gives_exactly_the_expected_photos(photos, match):
 @pytest.fixture(scope="module")
 def hog_photos() -> dict[str, FaceAnalysis]:
     return {
-        name: analyse_photo(read(f"event/{name}"), min_face_px=MIN_FACE_PX, detector="hog")
+        name: analyse_photo(
+            read(f"event/{name}"),
+            min_face_px=MIN_FACE_PX,
+            thumbnail_px=THUMBNAIL_PX,
+            detector="hog",
+        )
         for name in manifest()["event"]
     }
 

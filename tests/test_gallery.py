@@ -5,12 +5,23 @@ Real faces, real matching: the attendees' "own" photos are the ones FindMe found
 
 from __future__ import annotations
 
+import asyncio
 import io
 import zipfile
 
 import pytest
 
-from tests.scenes import drain, expected, open_stream, put_selfie, upload_event_photos
+from tests.scenes import (
+    add_matches,
+    drain,
+    expected,
+    join,
+    jpeg,
+    open_stream,
+    put_selfie,
+    upload,
+    upload_event_photos,
+)
 from tests.shared_faces import faces_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -176,3 +187,37 @@ async def test_only_the_organiser_or_an_admin_chooses_who_sees_the_photos(
     assert created.status_code == 201 and created.json()["gallery"] == "all"
     wrong = await organiser.post("/api/events", json={"name": "Open day", "gallery": "some"})
     assert wrong.status_code == 400
+
+
+async def test_a_warm_gallery_still_asks_who_may_see_it(
+    make_user, make_event, anon, settings
+) -> None:
+    organiser = await make_user("photographer")
+    event = await make_event(organiser)
+    ids = await upload(organiser, event["id"], ("a.jpg", jpeg(1)), ("b.jpg", jpeg(2)))
+    member, stranger = await make_user(), await make_user()
+    await join(member, event)
+    for _ in range(2):  # the event's page is now cached
+        assert await listed(organiser, event_id=event["id"]) == ["a.jpg", "b.jpg"]
+
+    # The cached page goes to no one the uncached one would not have gone to.
+    hidden = await stranger.get("/api/all-photos", params={"event_id": event["id"]})
+    missing = await stranger.get("/api/all-photos", params={"event_id": UNKNOWN})
+    assert (hidden.status_code, missing.status_code) == (404, 404)
+    assert hidden.content == missing.content
+    assert (await anon.get("/api/all-photos", params={"event_id": event["id"]})).status_code == 401
+    assert await listed(member, event_id=event["id"]) == []
+    await add_matches(settings, user_id=member.user["id"], event_id=event["id"], photo_ids=ids[:1])
+    for _ in range(100):  # the match's news comes by NOTIFY, within moments
+        if await listed(member, event_id=event["id"]) == ["a.jpg"]:
+            break
+        await asyncio.sleep(0.05)
+    assert await listed(member, event_id=event["id"]) == ["a.jpg"]
+
+    # Opened to all, the member is shown the event's page; closed, their own again at once.
+    for gallery, seen in (("all", ["a.jpg", "b.jpg"]), ("own", ["a.jpg"])):
+        changed = await organiser.patch(f"/api/events/{event['id']}", json={"gallery": gallery})
+        assert changed.status_code == 200, changed.text
+        assert await listed(member, event_id=event["id"]) == seen
+        refused = await stranger.get("/api/all-photos", params={"event_id": event["id"]})
+        assert (refused.status_code, refused.content) == (404, missing.content)

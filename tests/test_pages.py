@@ -871,6 +871,133 @@ async def test_organiser_page_keeps_the_photos_and_deletes_photos_and_the_event(
     contexts.assert_no_errors()
 
 
+@pytest.mark.timeout(300)
+async def test_organiser_closes_joining_lets_the_code_expire_and_makes_a_new_code(
+    server, contexts
+) -> None:
+    async def card_shot(page: Page, name: str) -> None:
+        # Clipped from the whole page: an element's own screenshot scrolls it under the header.
+        # The passing toast would cover part of it.
+        await page.locator("#toast").evaluate("toast => { toast.hidden = true; }")
+        await page.evaluate("window.scrollTo(0, 0)")
+        box = await page.locator("#joining").bounding_box()
+        assert box is not None
+        await page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True, clip=box)
+
+    closed_sentence = "This event is not taking new guests. Ask the organiser."
+    expired_sentence = "This join code has expired. Ask the organiser for a new one."
+    organiser_email = await add_account(server.settings, Role.photographer, "Pat Lens")
+    guest_email = await add_account(server.settings, Role.attendee, "Gil Guest")
+    organiser = await (await contexts(server.url, "desktop")).new_page()
+    await organiser.goto("/login")
+    await sign_in(organiser, organiser_email)
+    await organiser.get_by_label("Event name").fill("Harbour party")
+    await organiser.get_by_role("button", name="Create event").click()
+    await expect(organiser).to_have_url(re.compile(r"/events/\d+$"))
+    event_path = organiser.url.removeprefix(server.url)
+    code = (await organiser.get_by_test_id("event-code").inner_text()).strip()
+    join_url = await organiser.get_by_test_id("join-url").input_value()
+    card = organiser.locator("#joining")
+    state = card.get_by_test_id("joining-state")
+    badge = card.locator("#joining-badge")
+    await expect(badge).to_have_text("Open")
+    await expect(state).to_have_text(
+        "Open: anyone with the code, the link or the QR code can join."
+    )
+
+    # The organiser closes joining: a guest's link says so, in a finished page.
+    await card.get_by_label("New guests can join").uncheck()
+    await expect(organiser.locator("#toast")).to_contain_text("Joining is closed")
+    await expect(badge).to_have_text("Closed")
+    await expect(state).to_contain_text("Closed: nobody new can join")
+    await card_shot(organiser, "joining-closed-desktop")
+    guest = await (await contexts(server.url, "phone")).new_page()
+    await guest.goto(join_url)
+    await sign_in(guest, guest_email)
+    await expect(guest).to_have_url(join_url)
+    await expect(guest.get_by_test_id("error-detail")).to_have_text(closed_sentence)
+    await expect(guest.get_by_role("heading", name="Harbour party")).to_be_visible()
+    await expect(guest.get_by_role("link", name="Go to the home page")).to_be_visible()
+    await shot(guest, "join-closed", "phone")
+    desktop_guest = await (
+        await contexts(server.url, "desktop", storage_state=await guest.context.storage_state())
+    ).new_page()
+    await desktop_guest.goto(join_url)
+    await expect(desktop_guest.get_by_test_id("error-detail")).to_have_text(closed_sentence)
+    await shot(desktop_guest, "join-closed", "desktop")
+
+    # Reopened, the same link leads on to joining (a selfie first, for this guest).
+    await card.get_by_label("New guests can join").check()
+    await expect(badge).to_have_text("Open")
+    await guest.reload()
+    await expect(guest.get_by_test_id("take-selfie")).to_be_visible()
+
+    # An expiry already past stops the code at once; cleared, the code works again.
+    expires = card.get_by_label("The code stops working on")
+    await expires.fill("2020-01-01T10:00")
+    await card.get_by_role("button", name="Save").click()
+    await expect(badge).to_have_text("Code expired")
+    await expect(state).to_contain_text("The code expired on")
+    await card_shot(organiser, "joining-expired-desktop")
+    await guest.reload()
+    await expect(guest.get_by_test_id("error-detail")).to_have_text(expired_sentence)
+    await expect(guest.get_by_label("New event code")).to_be_visible()
+    await shot(guest, "join-expired", "phone")
+    await card.get_by_role("button", name="Clear").click()
+    await expect(badge).to_have_text("Open")
+    await expect(expires).to_have_value("")
+    await expires.fill("2099-06-30T23:00")
+    await card.get_by_role("button", name="Save").click()
+    await expect(state).to_contain_text("Open until")
+    await organiser.reload()
+    await expect(expires).to_have_value("2099-06-30T23:00")
+    await expect(state).to_contain_text("Open until")
+    await card_shot(organiser, "joining-until-desktop")
+
+    # A new code, after a confirmation: the code, link and QR code shown are the new ones,
+    # and the old link answers as an unknown code does.
+    qr = organiser.locator("img.qr")
+    await card.get_by_role("button", name="New code…").click()
+    confirm = card.locator("#new-code-confirm")
+    await expect(confirm).to_contain_text("stop working at once")
+    await confirm.get_by_role("button", name="Keep this code").click()
+    await expect(confirm).to_be_hidden()
+    await expect(organiser.get_by_test_id("event-code")).to_have_text(code)
+    await card.get_by_role("button", name="New code…").click()
+    await confirm.get_by_role("button", name="Make a new code").click()
+    await expect(organiser.get_by_test_id("event-code")).not_to_have_text(code)
+    new_code = (await organiser.get_by_test_id("event-code").inner_text()).strip()
+    await expect(organiser.get_by_test_id("join-url")).to_have_value(
+        f"{server.url}/join/{new_code}"
+    )
+    await expect(qr).to_have_attribute("src", re.compile(f"code={new_code}$"))
+    await expect(qr).to_have_js_property("complete", True)
+    assert await qr.evaluate("img => img.naturalWidth > 0")
+    await expect(badge).to_have_text("Open")
+    await expect(expires).to_have_value("")
+    await expect(organiser.locator("#toast")).to_contain_text(f"New code: {new_code}")
+    await guest.goto(join_url)
+    await expect(guest.get_by_role("heading", name="Check the event code")).to_be_visible()
+    await expect(guest.get_by_test_id("error-detail")).to_contain_text("No event has this code")
+    await guest.goto(f"/join/{new_code}")
+    await expect(guest.get_by_test_id("take-selfie")).to_be_visible()
+
+    # The card, finished, on both screens.
+    for size in SIZES:
+        state_of = await organiser.context.storage_state()
+        page = await (await contexts(server.url, size, storage_state=state_of)).new_page()
+        await page.goto(event_path)
+        joining = page.locator("#joining")
+        await expect(joining.locator("#joining-badge")).to_have_text("Open")
+        for part in ("#code-expires", "#expiry-clear", "#new-code-start"):
+            assert await inside(joining.locator(part), joining), part
+        await shot(page, "event-joining", size)
+        await card_shot(page, f"joining-card-{size}")
+        await joining.get_by_role("button", name="New code…").click()
+        await card_shot(page, f"joining-new-code-{size}")
+    contexts.assert_no_errors()
+
+
 async def test_api_tokens_are_made_shown_once_and_revoked_on_the_account_page(
     server, contexts
 ) -> None:
@@ -1009,4 +1136,67 @@ async def test_my_photos_page_recovers_from_a_full_server_and_shows_new_matches(
         await page.context.set_offline(False)
         await expect(page.locator("#live")).to_have_text("Live", timeout=30_000)
         assert await page.evaluate("window.__notReloaded === true")
+    contexts.assert_no_errors()
+
+
+async def test_a_photo_is_shared_by_a_copied_link_and_turned_off(server, contexts) -> None:
+    photographer_email = await add_account(server.settings, Role.photographer, "Pat Lens")
+    attendee_email = await add_account(server.settings, Role.attendee, "Ann Guest")
+    async with server.client() as pat, server.client() as ann:
+        for client, email in ((pat, photographer_email), (ann, attendee_email)):
+            login = await client.post(
+                "/api/auth/login", json={"email": email, "password": PASSWORD}
+            )
+            client.headers["x-csrf-token"] = login.json()["csrf_token"]
+        event = (await pat.post("/api/events", json={"name": "Harbour Gala"})).json()
+        photo = (faces_dir() / "event" / "e02.jpg").read_bytes()
+        [photo_id] = await upload(pat, event["id"], ("ann-at-the-bar.jpg", photo))
+        await join(ann, event)
+        ann_id = (await ann.get("/api/me")).json()["user"]["id"]
+    await add_matches(server.settings, user_id=ann_id, event_id=event["id"], photo_ids=[photo_id])
+
+    context = await contexts(server.url, "phone")
+    await context.grant_permissions(["clipboard-read", "clipboard-write"])
+    # Whatever this Chromium offers, the walk takes the path of browsers without a share sheet.
+    await context.add_init_script("delete Navigator.prototype.share")
+    page = await context.new_page()
+    await page.goto(f"/login?next=/my-photos?event_id={event['id']}")
+    await sign_in(page, attendee_email)
+    await page.locator('#photos .tile[data-filename="ann-at-the-bar.jpg"] .tile-open').click()
+    viewer = page.locator("#viewer")
+    await expect(viewer.locator("[data-image]")).to_have_js_property("complete", True)
+    await viewer.get_by_role("button", name="Share").click()
+    await expect(viewer.get_by_role("status")).to_contain_text("Link copied")
+    await page.screenshot(path=ARTIFACTS / "share-copied-phone.png")
+    link = await page.evaluate("navigator.clipboard.readText()")
+    assert re.fullmatch(rf"{re.escape(server.url)}/s/[A-Za-z0-9_-]{{32}}", link), link
+
+    # Whoever gets the link sees the photo, signed out, and nothing of Ann or the event's other
+    # photos.
+    stranger = await (await contexts(server.url, "phone")).new_page()
+    await stranger.goto(link)
+    await expect(stranger.get_by_test_id("shared-event")).to_have_text("Harbour Gala")
+    shown = stranger.get_by_test_id("shared-photo")
+    await expect(shown).to_have_js_property("complete", True)
+    assert await shown.evaluate("img => img.naturalWidth") == 1480
+    await expect(stranger.get_by_role("link", name="Download the original")).to_be_visible()
+    assert "Ann Guest" not in await stranger.content()
+    await shot(stranger, "share-page", "phone")
+
+    # Ann's account lists the link, opened once, and turns it off.
+    await page.goto("/account")
+    listed = page.get_by_test_id("share-list").locator("li")
+    await expect(listed).to_have_count(1)
+    await expect(listed).to_contain_text("Harbour Gala")
+    await expect(listed).to_contain_text("Opened 1 time")
+    await shot(page, "account-share-links", "phone")
+    await listed.get_by_role("button", name="Turn off").click()
+    await expect(listed).to_have_count(0)
+    await expect(page.get_by_text("You have not shared any photo.")).to_be_visible()
+
+    await stranger.reload()
+    await expect(stranger.get_by_test_id("error-detail")).to_have_text(
+        "This link was turned off by the person who shared it, or never existed."
+    )
+    await shot(stranger, "share-gone", "phone")
     contexts.assert_no_errors()

@@ -10,14 +10,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InvalidRequestError
 
 from findme.db import Database, Photo
 from tests.conftest import serve, with_settings
+from tests.scenes import drain, jpeg_with_broken_pixels, png_with_broken_pixels
 from tests.shared_faces import faces_dir
 
 UPLOAD = "/api/photographer/events/{}/upload-photos"
@@ -63,7 +65,7 @@ async def photo_count(client: httpx.AsyncClient, event_id: int) -> int:
     return len(response.json()["items"])
 
 
-async def test_upload_many_real_photos_in_one_request(organiser) -> None:
+async def test_upload_many_real_photos_in_one_request(organiser, server) -> None:
     photos = event_photos()
     response = await upload(organiser, organiser.event["id"], *photos)
     assert response.status_code == 202, response.text
@@ -81,9 +83,29 @@ async def test_upload_many_real_photos_in_one_request(organiser) -> None:
     original = await organiser.get(e08["image_url"])
     assert original.content == dict(photos)["e08.png"]
     assert original.headers["content-type"] == "image/png"
-    thumb = await organiser.get(e08["thumb_url"])
-    assert thumb.headers["content-type"] == "image/jpeg"
-    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 480
+    # The job makes the thumbnail: until then the grid shows a plain tile that no cache keeps,
+    # from an address of its own (browsers keep an image per address while a page is open).
+    assert e08["thumb_url"] == f"/api/photo/{e08['id']}/thumb?pending"
+    waiting = await organiser.get(e08["thumb_url"])
+    assert waiting.status_code == 200
+    assert waiting.headers["content-type"] == "image/jpeg"
+    assert waiting.headers["cache-control"] == "no-store"
+    assert "etag" not in waiting.headers
+    Image.open(io.BytesIO(waiting.content)).verify()
+
+    assert (await drain(server.settings))["failed"] == 0
+    listed = await organiser.get("/api/all-photos", params={"event_id": organiser.event["id"]})
+    items = listed.json()["items"]
+    for item in items:
+        assert item["thumb_url"] == f"/api/photo/{item['id']}/thumb"
+        thumb = await organiser.get(item["thumb_url"])
+        assert thumb.headers["content-type"] == "image/jpeg"
+        assert thumb.headers["cache-control"] == "private, max-age=31536000, immutable"
+        shown = Image.open(io.BytesIO(thumb.content))
+        upright = ImageOps.exif_transpose(Image.open(io.BytesIO(dict(photos)[item["filename"]])))
+        # The upright photo, scaled to fit the grid's size (never enlarged).
+        scale = min(1.0, 480 / max(upright.size))
+        assert shown.size == (round(upright.width * scale), round(upright.height * scale))
 
 
 async def test_same_bytes_twice_is_a_duplicate_same_name_other_bytes_is_new(organiser) -> None:
@@ -276,9 +298,10 @@ async def test_size_limits_with_and_without_content_length(settings, make_event)
             assert (await client.get("/healthz")).status_code == 200
 
 
-async def test_image_caching_headers_and_304(organiser) -> None:
+async def test_image_caching_headers_and_304(organiser, server) -> None:
     result = (await upload(organiser, organiser.event["id"], ("c.jpg", jpeg("pink")))).json()
     photo_id = result["results"][0]["photo_id"]
+    await drain(server.settings)  # the thumbnail is the photo job's
     for path in (
         f"/api/photo/{photo_id}",
         f"/api/image/{photo_id}",
@@ -408,3 +431,72 @@ async def test_delete_photo_and_event(organiser) -> None:
     assert (await organiser.delete(f"/api/events/{event_id}")).status_code == 204
     assert (await organiser.get(f"/api/photo/{second}")).status_code == 404
     assert (await organiser.get(f"/api/events/{event_id}")).status_code == 404
+
+
+def turned_photo_with_gps() -> tuple[bytes, Image.Image]:
+    """e07.jpg, a real photo that carries GPS, stored turned and tagged to be shown upright
+    (EXIF orientation 6), as phones write them; and the upright picture."""
+    source = Image.open(faces_dir() / "event" / "e07.jpg")
+    exif = source.getexif()
+    assert exif.get_ifd(GPS_IFD)  # loaded, so it is written again
+    exif[ORIENTATION] = 6
+    upright = source.convert("RGB")
+    out = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_90).save(out, "JPEG", exif=exif, quality=92)
+    return out.getvalue(), upright
+
+
+GPS_IFD = 0x8825
+ORIENTATION = 0x0112
+
+
+async def test_the_grid_shows_the_jobs_thumbnail_upright_and_without_gps(organiser, server):
+    data, upright = turned_photo_with_gps()
+    assert Image.open(io.BytesIO(data)).getexif().get_ifd(GPS_IFD)
+    result = (await upload(organiser, organiser.event["id"], ("turned.jpg", data))).json()
+    photo_id = result["results"][0]["photo_id"]
+    assert (await drain(server.settings))["failed"] == 0
+
+    thumb = await organiser.get(f"/api/photo/{photo_id}/thumb")
+    assert thumb.headers["cache-control"] == "private, max-age=31536000, immutable"
+    shown = Image.open(io.BytesIO(thumb.content))
+    scale = server.settings.thumbnail_px / max(upright.size)
+    assert shown.size == (round(upright.width * scale), round(upright.height * scale))
+    # The same picture as the upright photo, and no metadata at all: no GPS, nothing to turn.
+    expected = np.asarray(upright.resize(shown.size, Image.Resampling.LANCZOS), dtype=np.int16)
+    assert np.abs(np.asarray(shown.convert("RGB"), dtype=np.int16) - expected).mean() < 6
+    assert not shown.getexif()
+    assert b"Exif" not in thumb.content
+    original = Image.open(io.BytesIO((await organiser.get(f"/api/photo/{photo_id}")).content))
+    assert not original.getexif().get_ifd(GPS_IFD)
+    assert original.getexif()[ORIENTATION] == 6
+
+
+async def test_pixels_broken_behind_a_sound_header_fail_in_the_job_with_a_sentence(
+    organiser, server
+) -> None:
+    event_id = organiser.event["id"]
+    fine = (faces_dir() / "event" / "e01.jpg").read_bytes()
+    sent = [
+        ("broken.png", png_with_broken_pixels()),
+        ("broken.jpg", jpeg_with_broken_pixels()),
+        ("fine.jpg", fine),
+    ]
+    # The request reads headers only: all three are stored and queued.
+    response = await upload(organiser, event_id, *sent)
+    assert response.status_code == 202
+    assert [r["status"] for r in response.json()["results"]] == ["created"] * 3
+
+    await drain(with_settings(server.settings, job_retry_base_s=0.05))
+    page = (await organiser.get(f"/api/events/{event_id}/photos")).json()
+    shown = {item["filename"]: item for item in page["items"]}
+    assert shown["fine.jpg"]["status"] == "done"
+    for name in ("broken.png", "broken.jpg"):
+        assert shown[name]["status"] == "failed"
+        assert shown[name]["job"]["error"] == (
+            "The photo is damaged or incomplete. Copy it from the camera again and re-send it."
+        )
+        thumb = await organiser.get(shown[name]["thumb_url"])
+        assert (thumb.status_code, thumb.headers["cache-control"]) == (200, "no-store")
+    progress = (await organiser.get(f"/api/events/{event_id}/progress")).json()
+    assert (progress["done"], progress["failed"]) == (1, 2)

@@ -26,6 +26,7 @@ from findme.services import AppState, build_pipeline
 from findme.settings import Settings
 from tests.conftest import Server, free_port, serve, with_settings
 from tests.fakes.rekognition import FakeRekognition, client_for, engine_with
+from tests.scenes import jpeg_with_broken_pixels
 from tests.shared_faces import faces_dir, manifest
 
 UPLOAD = "/api/photographer/events/{}/upload-photos"
@@ -344,6 +345,32 @@ async def test_a_retried_photo_job_does_not_index_the_photo_again(
         f"SearchFaces photo-{photo_id}/obama",  # the stored face is searched, not re-indexed
     ]
     assert await my_photo_ids(obama, gala.event["id"]) == [photo_id]
+
+
+async def test_the_job_makes_the_thumbnail_and_broken_pixels_cost_no_call(
+    gala, make_user, server, fake
+) -> None:
+    obama = await attendee(make_user, fake, "obama", gala.event)
+    fine, broken = await upload(
+        gala, fake, (photo((90, 90, 20)), ["obama"]), (jpeg_with_broken_pixels(), [])
+    )
+    waiting = await gala.get(f"/api/photo/{fine}/thumb")
+    assert waiting.headers["cache-control"] == "no-store"  # not made yet: a placeholder
+
+    outcomes = await drain(server.state)
+
+    assert (outcomes["done"], outcomes["failed"]) == (2, 1)
+    assert f"IndexFaces photo-{fine}" in fake.log()
+    assert not [call for call in fake.log() if f"photo-{broken}" in call]
+    thumb = await gala.get(f"/api/photo/{fine}/thumb")
+    assert thumb.headers["cache-control"] == "private, max-age=31536000, immutable"
+    assert Image.open(io.BytesIO(thumb.content)).size == (480, 360)
+    assert (await gala.get(f"/api/photo/{broken}/thumb")).headers["cache-control"] == "no-store"
+    page = (await gala.get(f"/api/events/{gala.event['id']}/photos")).json()
+    failed = next(item for item in page["items"] if item["id"] == broken)
+    assert failed["status"] == "failed"
+    assert failed["job"]["error"].startswith("The photo is damaged or incomplete.")
+    assert await my_photo_ids(obama, gala.event["id"]) == [fine]
 
 
 async def test_calls_stay_under_the_semaphore_with_eight_workers(

@@ -20,6 +20,7 @@ from findme.services import build_pipeline, open_services
 from findme.settings import Settings
 from findme.storage.s3 import S3Storage
 from tests.conftest import free_port, with_settings
+from tests.scenes import drain
 from tests.shared_faces import faces_dir
 
 PREFIX = "gallery"
@@ -92,12 +93,13 @@ async def keys(s3, bucket: str) -> set[str]:
     return {item["Key"] for item in listed.get("Contents", [])}
 
 
+def original_keys(*photo_ids: int) -> set[str]:
+    return {f"{PREFIX}/photos/{photo_id}/original" for photo_id in photo_ids}
+
+
 def photo_keys(*photo_ids: int) -> set[str]:
-    return {
-        key
-        for photo_id in photo_ids
-        for key in (f"{PREFIX}/photos/{photo_id}/original", f"{PREFIX}/photos/{photo_id}/thumb.jpg")
-    }
+    """The original and the thumbnail its job made."""
+    return original_keys(*photo_ids) | {f"{PREFIX}/photos/{i}/thumb.jpg" for i in photo_ids}
 
 
 async def pg(settings: Settings) -> asyncpg.Connection:
@@ -109,6 +111,8 @@ async def test_photos_are_stored_in_s3_and_served_from_it(organiser, s3, bucket,
     response = await upload(organiser, organiser.event["id"], *photos)
     assert response.status_code == 202, response.text
     ids = {r["filename"]: r["photo_id"] for r in response.json()["results"]}
+    assert await keys(s3, bucket) == original_keys(*ids.values())
+    assert not (await drain(server.settings))["failed"]  # the jobs put the thumbnails
     assert await keys(s3, bucket) == photo_keys(*ids.values())
     connection = await pg(server.settings)
     assert await connection.fetchval("SELECT count(*) FROM photos") == 4
@@ -142,10 +146,14 @@ async def test_photos_are_stored_in_s3_and_served_from_it(organiser, s3, bucket,
         assert cached.status_code == 304
 
 
-async def test_deletions_remove_the_objects(organiser, make_user, make_event, s3, bucket) -> None:
+async def test_deletions_remove_the_objects(
+    organiser, make_user, make_event, s3, bucket, server
+) -> None:
     event_id = organiser.event["id"]
     results = await upload(organiser, event_id, ("1.jpg", jpeg("red")), ("2.jpg", jpeg("tan")))
     first, second = (r["photo_id"] for r in results.json()["results"])
+    await drain(server.settings)
+    assert await keys(s3, bucket) == photo_keys(first, second)
     assert (await organiser.delete(f"/api/photo/{first}")).status_code == 204
     assert await keys(s3, bucket) == photo_keys(second)
     assert (await organiser.delete(f"/api/events/{event_id}")).status_code == 204
@@ -157,6 +165,7 @@ async def test_deletions_remove_the_objects(organiser, make_user, make_event, s3
     kept = await upload(organiser, (await make_event(organiser))["id"], ("k.jpg", jpeg("gold")))
     gone = await upload(other, other_event["id"], ("a.jpg", jpeg("pink")), ("b.jpg", jpeg("lime")))
     kept_id = kept.json()["results"][0]["photo_id"]
+    await drain(server.settings)
     assert len(await keys(s3, bucket)) == 6
     assert gone.status_code == 202
     assert (await other.delete("/api/me")).status_code == 204
@@ -187,16 +196,16 @@ async def test_a_rolled_back_insert_takes_its_objects_along(settings, s3, bucket
         with pytest.raises(RuntimeError):
             async with state.db.transaction() as session:
                 await session.execute(text("SELECT 1"))
-                await storage.save(session, photo_id=424242, original=b"o" * 10, thumbnail=b"t")
-                assert await keys(s3, bucket) == photo_keys(424242)
+                await storage.save(session, photo_id=424242, original=b"o" * 10)
+                assert await keys(s3, bucket) == original_keys(424242)
                 raise RuntimeError("the insert fails after the objects were put")
         await storage.aclose()  # the clean-up runs in the background; wait for it
         assert await keys(s3, bucket) == set()
 
         async with state.db.transaction() as session:
-            await storage.save(session, photo_id=7, original=b"o" * 10, thumbnail=b"t")
+            await storage.save(session, photo_id=7, original=b"o" * 10)
         await storage.aclose()
-        assert await keys(s3, bucket) == photo_keys(7)  # a commit keeps them
+        assert await keys(s3, bucket) == original_keys(7)  # a commit keeps them
 
 
 async def test_originals_stream_in_bounded_chunks(settings, s3, bucket) -> None:
@@ -206,11 +215,13 @@ async def test_originals_stream_in_bounded_chunks(settings, s3, bucket) -> None:
             client=state.storage.client, bucket=bucket, prefix=PREFIX, chunk_bytes=64 * 1024
         )
         async with state.db.transaction() as session:
-            await storage.save(session, photo_id=1, original=data, thumbnail=b"t")
+            await storage.save(session, photo_id=1, original=data)
+        await storage.save_thumbnail(1, b"t")
         chunks = [chunk async for chunk in storage.stream_original(1, size_bytes=len(data))]
         assert b"".join(chunks) == data
         assert len(chunks) >= 5 and max(map(len, chunks)) <= 64 * 1024
         assert await storage.read_original(1) == data
+        assert await storage.read_thumbnail(1) == b"t"
         assert await storage.read_thumbnail(2) is None
 
 
@@ -258,10 +269,12 @@ def test_doctor_checks_what_is_configured(settings) -> None:
         "✓ database",
         "✓ engine",
         "✓ storage",
+        "✓ email",
         "✓ capacity",
     ]
     assert f"S3 bucket {settings.s3_bucket}" in lines[3]
-    assert "live pages" in lines[4]
+    assert "sign-up" in lines[4]
+    assert "live pages" in lines[5]
 
     closed = f"http://127.0.0.1:{free_port()}"
     broken = doctor(
@@ -276,6 +289,7 @@ def test_doctor_checks_what_is_configured(settings) -> None:
         "✓ database",
         "✗ engine",
         "✗ storage",
+        "✓ email",
         "✓ capacity",
     ]
     assert "Amazon Rekognition" in lines[2] and "AWS_ENDPOINT_URL_REKOGNITION" in lines[2]

@@ -12,7 +12,10 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from findme.db import Database, FaceMatch
+from findme.db import Database, Event, FaceMatch, Photo, Role, User
+from findme.domain.photos import matches_after_of_many
+from findme.migrations import migrate
+from findme.settings import Settings
 from tests.conftest import PASSWORD, serve, with_settings
 from tests.scenes import join, jpeg, notify, open_stream, upload
 
@@ -161,3 +164,102 @@ async def test_a_burst_of_matches_wakes_every_stream_with_one_read(
     # that read for itself would make 24 of each.
     assert 1 <= len(reads) <= 2, reads
     assert 1 <= len(checks) <= 2, checks
+
+
+async def _matched(db: Database, members: int) -> tuple[list[int], dict[int, list[int]]]:
+    """Members of one event, each matched to the event's three photos; (members, match ids)."""
+    async with db.transaction() as session:
+        users = [
+            User(email=f"m{i}@example.com", name=f"M{i}", password_hash="x", role=Role.attendee)
+            for i in range(members)
+        ]
+        session.add_all(users)
+        await session.flush()
+        event = Event(name="Party", code="PARTY1", organiser_id=users[0].id)
+        session.add(event)
+        await session.flush()
+        photos = [
+            Photo(
+                event_id=event.id,
+                filename=f"p{i}.jpg",
+                sha256=f"{i:064d}",
+                content_type="image/jpeg",
+                size_bytes=3,
+                width=4,
+                height=3,
+            )
+            for i in range(3)
+        ]
+        session.add_all(photos)
+        await session.flush()
+        matches: dict[int, list[int]] = {}
+        for photo in photos:
+            for user in users:
+                match = FaceMatch(
+                    photo_id=photo.id, user_id=user.id, event_id=event.id, distance=0.3
+                )
+                session.add(match)
+                await session.flush()
+                matches.setdefault(user.id, []).append(match.id)
+    return [u.id for u in users], matches
+
+
+async def test_the_hub_reads_the_same_matches_on_postgresql_and_sqlite(settings, tmp_path) -> None:
+    lite = Settings.from_environ({"FINDME_DATA_DIR": str(tmp_path), "FINDME_RUN_WORKERS": "0"})
+    await asyncio.to_thread(migrate, lite)
+    found = []
+    for each in (settings, lite):
+        db = Database(each)
+        try:
+            users, matches = await _matched(db, 4)
+            # Cursors: one member has seen nothing, one the first match, one all but the last,
+            # one everything.
+            after = {users[0]: 0, users[1]: matches[users[1]][0], users[2]: matches[users[2]][1]}
+            after[users[3]] = matches[users[3]][2]
+            async with db.sessions() as session:
+                rows = await matches_after_of_many(session, after)
+            found.append(
+                {
+                    users.index(user): [(items.index(m), e) for m, e, _ in rows[user]]
+                    for user, items in matches.items()
+                    if user in rows
+                }
+            )
+        finally:
+            await db.aclose()
+    postgresql, sqlite = found
+    assert postgresql == sqlite
+    assert {member: [i for i, _ in rows] for member, rows in postgresql.items()} == {
+        0: [0, 1, 2],
+        1: [1, 2],
+        2: [2],
+    }
+
+
+async def test_a_request_that_finds_no_free_database_connection_gets_503_not_500(
+    settings,
+) -> None:
+    # One pooled connection, held here: every request that needs the database then waits its
+    # second and must be told to come back, as in a reconnect storm of thousands of pages.
+    tight = with_settings(settings, db_pool_size=1, db_max_overflow=0, db_pool_timeout_s=1)
+    states = []
+
+    def keep_state(app):
+        async def remember(scope, receive, send):
+            if scope["type"] == "http":
+                states.append(scope["state"]["findme"])
+            await app(scope, receive, send)
+
+        return remember
+
+    async with serve(tight, wrap=keep_state) as url, httpx.AsyncClient(base_url=url) as me:
+        await signed_in(me, "me")
+        body = {"email": "me@example.com", "password": PASSWORD}
+        async with states[-1].db.engine.connect():
+            busy = await me.post("/api/auth/login", json=body)
+        assert busy.status_code == 503
+        assert 5 <= int(busy.headers["retry-after"]) <= 10
+        assert busy.json()["error"] == "busy"
+        assert "Try again in a few seconds" in busy.json()["detail"]
+        # Freed, the same request succeeds: nothing was left half done.
+        assert (await me.post("/api/auth/login", json=body)).status_code == 200

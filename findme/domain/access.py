@@ -8,14 +8,15 @@ organiser may do (delete it or its photos, upload into it).
 Photos: an event's organiser and admins see all of them; a member sees the photos they are
 matched to, or every photo of the event if its organiser chose so (`Event.gallery`).
 `photos_seen_by` is that rule for lists, and `viewable_photo` applies the same condition to one
-photo, so lists, originals, thumbnails and "not me" cannot disagree.
+photo, so lists, originals, thumbnails and "not me" cannot disagree. `gallery_member` says which
+of the two lists one event's gallery is for the caller (its page may then come from a cache).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, or_, select, true
+from sqlalchemy import ColumnElement, Select, bindparam, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme.auth import Principal
@@ -78,6 +79,36 @@ async def event_for(
     if organiser and seen[1] == "member":
         raise Forbidden(ORGANISER_ONLY)
     return seen
+
+
+_MEMBER_GALLERY = (
+    select(Event.gallery)
+    .join(EventMember, EventMember.event_id == Event.id)
+    .where(Event.id == bindparam("event_id"), EventMember.user_id == bindparam("user_id"))
+)
+
+
+async def gallery_member(
+    state: AppState, session: AsyncSession, principal: Principal, event_id: int
+) -> int | None:
+    """Whose photos of the event the caller's gallery lists: None for every photo (its
+    organiser, an admin, or a member when the gallery is open to all), else the caller's id (a
+    member sees the photos they are matched to); 404 as `event_for`."""
+    event = await state.caches.events.get((event_id,), lambda: session.get(Event, event_id))
+    if event is None:
+        raise NotFound(NO_EVENT)
+    if event.organiser_id == principal.id or principal.is_admin:
+        return None
+    # Anyone else, as a member: one query reads the membership with the gallery setting,
+    # afresh as in `viewable_photo`. Every page of a gallery asks, cached or not: the query is
+    # built once and run on the connection, without the ORM's machinery.
+    connection = await session.connection()
+    gallery = await connection.scalar(
+        _MEMBER_GALLERY, {"event_id": event_id, "user_id": principal.id}
+    )
+    if gallery is None:
+        raise NotFound(NO_EVENT)
+    return None if gallery == Gallery.all else principal.id
 
 
 async def viewable_photo(

@@ -50,11 +50,21 @@ async def create_user(
     session: AsyncSession, *, email: str, password: str, name: str, role: Role
 ) -> User:
     """Insert an account; shared by sign-up and `findme create-user`."""
+    return await add_user(
+        session, email=email, password_hash=hash_password(password), name=name, role=role
+    )
+
+
+async def add_user(
+    session: AsyncSession, *, email: str, password_hash: str, name: str, role: Role
+) -> User:
+    """Insert an account whose password is hashed already (a sign-up confirmed by email kept
+    only the hash while it waited)."""
     email = normalise_email(email)
     exists = await session.scalar(select(func.count()).where(User.email == email))
     if exists:
         raise AlreadyExists("An account with this email already exists. Sign in instead.")
-    user = User(email=email, name=name, password_hash=hash_password(password), role=role)
+    user = User(email=email, name=name, password_hash=password_hash, role=role)
     session.add(user)
     await session.flush()
     return user
@@ -180,7 +190,7 @@ async def erase_user(state: AppState, user_id: int) -> None:
     async with state.db.sessions() as session:
         organised_ids = set(await session.scalars(organised))
     # Rows that reference the user go with it (ON DELETE CASCADE): sessions, tokens,
-    # memberships, matches, "not me" rejections, and events the user organised.
+    # memberships, matches, "not me" rejections, share links, and events the user organised.
     await erase(
         state,
         forget=forget,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -20,12 +21,14 @@ from findme.db import (
     Job,
     JobKind,
     JobStatus,
+    Joining,
     Photo,
+    utcnow,
 )
 from findme.domain.access import my_events
 from findme.domain.erasure import erase
 from findme.domain.views import job_link
-from findme.errors import NotFound
+from findme.errors import CodeExpired, Forbidden, JoiningClosed, NotFound
 from findme.services import AppState
 
 # No 0/O, 1/I/L: codes are read off posters and typed on phones.
@@ -61,29 +64,59 @@ async def create_event(
     gallery: Gallery = Gallery.own,
 ) -> Event:
     async with state.db.transaction() as session:
-        # Codes are random: a collision is rare, and the unique constraint catches it.
-        code = new_event_code()
-        while await session.scalar(select(func.count()).where(Event.code == code)):
-            code = new_event_code()
-        event = Event(name=name, date=date, code=code, organiser_id=principal.id, gallery=gallery)
+        event = Event(
+            name=name,
+            date=date,
+            code=await _unused_code(session),
+            organiser_id=principal.id,
+            gallery=gallery,
+        )
         session.add(event)
         await session.flush()
     return event
 
 
-async def set_gallery(state: AppState, event_id: int, gallery: Gallery) -> Event:
-    """Who browses the event's photos: each attendee their own, or everyone who joined all.
+async def _unused_code(session: AsyncSession) -> str:
+    # Codes are random: a collision is rare, and the unique constraint catches it.
+    code = new_event_code()
+    while await session.scalar(select(func.count()).where(Event.code == code)):
+        code = new_event_code()
+    return code
 
-    Access checks read the setting from the database, not the cached event, so closing the
-    gallery takes effect at once everywhere; the cache is dropped so pages here say so too.
+
+async def change_settings(state: AppState, event_id: int, changes: Mapping[str, Any]) -> Event:
+    """Change the event's settings (`gallery`, `joining`, `code_expires_at`, `code`) at once.
+
+    Access checks and joining read the settings from the database, not the cached event, so
+    closing the gallery or joining takes effect at once everywhere; the cache is dropped so
+    pages here say so too.
     """
     async with state.db.transaction() as session:
-        await session.execute(update(Event).where(Event.id == event_id).values(gallery=gallery))
+        await session.execute(update(Event).where(Event.id == event_id).values(**changes))
         event = await session.get(Event, event_id)
     state.caches.events.invalidate({event_id})
     if event is None:
         raise NotFound("There is no event with this id.")
     return event
+
+
+async def replace_code(state: AppState, event_id: int) -> Event:
+    """A new join code: the old one stops admitting anyone at once, and then answers as an
+    unknown code does; members stay members. The expiry belonged to the old code, so the
+    new one has none."""
+    async with state.db.sessions() as session:
+        code = await _unused_code(session)
+    return await change_settings(state, event_id, {"code": code, "code_expires_at": None})
+
+
+def joining_refusal(event: Event) -> Forbidden | None:
+    """Why the event's code admits no newcomer now, or None if it does; members are in
+    already, and this does not concern them."""
+    if event.joining == Joining.closed:
+        return JoiningClosed()
+    if event.code_expires_at is not None and event.code_expires_at <= utcnow():
+        return CodeExpired()
+    return None
 
 
 async def events_of(session: AsyncSession, user_id: int) -> list[Event]:
@@ -106,6 +139,8 @@ async def join_event(
 ) -> tuple[Event, Job | None]:
     """Make the caller a member (the organiser already is one); matching starts at once.
 
+    A closed event or an expired code admits no newcomer; a member joining again is let
+    through whatever the settings, since they are in already.
     Returns the event and the job matching the caller's selfie with its photos, if one runs.
     """
     job = None
@@ -113,6 +148,9 @@ async def join_event(
         event = await event_by_code(session, raw_code)
         member = await session.get(EventMember, (event.id, principal.id))
         if member is None and event.organiser_id != principal.id:
+            refusal = joining_refusal(event)
+            if refusal is not None:
+                raise refusal
             session.add(EventMember(event_id=event.id, user_id=principal.id))
             await session.flush()
             if principal.user.selfie_updated_at is not None:

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import aiofiles
-from sqlalchemy import Select, and_, delete, func, or_, select
+from sqlalchemy import ARRAY, BigInteger, Row, Select, and_, bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Executable
 
 from findme import jobs
 from findme.auth import Principal
 from findme.db import Face, FaceMatch, Photo, RejectedMatch
 from findme.domain.access import photos_seen_by
 from findme.domain.erasure import erase
+from findme.domain.shares import revoke_links_to
 from findme.domain.views import iso, photo_json
 from findme.errors import AlreadyExists
-from findme.images import PreparedImage
+from findme.images import CheckedImage
 from findme.uploads import ReceivedFile
 
 if TYPE_CHECKING:
@@ -41,10 +44,11 @@ async def store_photo(
     uploader_id: int,
     event_id: int,
     upload: ReceivedFile,
-    prepared: PreparedImage,
+    checked: CheckedImage,
 ) -> dict[str, Any]:
     """Insert the photo, its bytes and its job in one transaction, or name the copy already
-    stored: the same bytes twice in an event are a duplicate, whichever request came first."""
+    stored: the same bytes twice in an event are a duplicate, whichever request came first.
+    The job makes the thumbnail, from the decode it needs for the faces anyway."""
     outcome: dict[str, Any] = {"filename": upload.filename, "error": None, "detail": None}
     existing = await _existing_photo(state, event_id, upload.sha256)
     if existing is None:
@@ -57,17 +61,16 @@ async def store_photo(
                     uploader_id=uploader_id,
                     filename=upload.filename,
                     sha256=upload.sha256,
-                    content_type=prepared.content_type,
+                    content_type=checked.content_type,
                     size_bytes=len(original),
-                    width=prepared.width,
-                    height=prepared.height,
+                    width=checked.width,
+                    height=checked.height,
                 )
                 session.add(photo)
                 await session.flush()
-                await state.storage.save(
-                    session, photo_id=photo.id, original=original, thumbnail=prepared.thumbnail
-                )
+                await state.storage.save(session, photo_id=photo.id, original=original)
                 job = await jobs.enqueue_photo(session, photo_id=photo.id, event_id=event_id)
+            await state.on_photos_changed({event_id})
             return outcome | {"status": "created", "photo_id": photo.id, "job_id": job.id}
         except AlreadyExists:
             # Another request stored the same bytes first: the unique constraint decided.
@@ -102,6 +105,41 @@ async def gallery_items(
     return [photo_json(row) for row in rows]
 
 
+# The pages' statements are built once and run with their values bound: building one costs
+# about as much as running it (docs/BENCHMARKS.md, "Lists").
+_GALLERY_PAGE = (
+    select(*PHOTO_COLUMNS)
+    .where(Photo.event_id == bindparam("event_id"), Photo.id > bindparam("cursor"))
+    .order_by(Photo.id)
+    .limit(bindparam("limit"))
+)
+_MEMBER_GALLERY_PAGE = _GALLERY_PAGE.join(FaceMatch, FaceMatch.photo_id == Photo.id).where(
+    FaceMatch.user_id == bindparam("member_id"), FaceMatch.event_id == bindparam("event_id")
+)
+
+
+async def event_gallery_items(
+    session: AsyncSession, *, event_id: int, member_id: int | None, cursor: int, limit: int
+) -> list[dict[str, Any]]:
+    """An event's photos after `cursor`: every one, or those `member_id` is matched to (which
+    the caller sees is `findme.domain.access.gallery_member`'s to say, checked before)."""
+    page = {"event_id": event_id, "cursor": cursor, "limit": limit}
+    if member_id is None:
+        rows = await _page_rows(session, _GALLERY_PAGE, page)
+    else:
+        rows = await _page_rows(session, _MEMBER_GALLERY_PAGE, page | {"member_id": member_id})
+    return [photo_json(row) for row in rows]
+
+
+async def _page_rows(
+    session: AsyncSession, statement: Executable, values: dict[str, int]
+) -> Sequence[Row[Any]]:
+    """Run on the session's connection: rows of columns need none of the ORM's machinery."""
+    connection = await session.connection()
+    rows: Sequence[Row[Any]] = (await connection.execute(statement, values)).all()
+    return rows
+
+
 def _matched_photos() -> Select[Any]:
     """Matched photos with the match and the photo's face count: what "my photos" lists and
     what the live stream sends."""
@@ -125,17 +163,29 @@ def _matched_photo_json(row: Any) -> dict[str, Any]:
     return photo_json(row) | {"matched_at": iso(row.matched_at), "faces": row.faces}
 
 
+_MY_PAGE = (
+    _matched_photos()
+    .where(FaceMatch.user_id == bindparam("user_id"), Photo.id > bindparam("cursor"))
+    .order_by(Photo.id)
+    .limit(bindparam("limit"))
+)
+_MY_EVENT_PAGE = _MY_PAGE.where(FaceMatch.event_id == bindparam("event_id"))
+
+
 async def my_photo_items(
     session: AsyncSession, *, user_id: int, event_id: int | None, cursor: int, limit: int
 ) -> list[dict[str, Any]]:
     """A page of "my photos", in photo order after `cursor`."""
-    query = _my_matches(user_id, event_id).where(Photo.id > cursor)
-    rows = (await session.execute(query.order_by(Photo.id).limit(limit))).all()
+    page = {"user_id": user_id, "cursor": cursor, "limit": limit}
+    if event_id is None:
+        rows = await _page_rows(session, _MY_PAGE, page)
+    else:
+        rows = await _page_rows(session, _MY_EVENT_PAGE, page | {"event_id": event_id})
     return [_matched_photo_json(row) for row in rows]
 
 
 async def my_matches_after(
-    session: AsyncSession, *, user_id: int, event_id: int | None, after: int, limit: int
+    session: AsyncSession, *, user_id: int, event_id: int | None, after: int, limit: int | None
 ) -> list[tuple[int, dict[str, Any]]]:
     """(match id, item) of the matches made after match `after`, in the order they were made."""
     query = _my_matches(user_id, event_id).where(FaceMatch.id > after)
@@ -143,30 +193,40 @@ async def my_matches_after(
     return [(row.match_id, _matched_photo_json(row) | {"match_id": row.match_id}) for row in rows]
 
 
-# Members per statement of `matches_after_of_many`: each adds a condition, and SQLite parses
-# a chain of ORs as a tree of that depth (its limit is 1,000).
-MANY_MEMBERS_PER_QUERY = 200
-
-
 async def matches_after_of_many(
     session: AsyncSession, after_by_user: dict[int, int]
 ) -> dict[int, list[tuple[int, int, dict[str, Any]]]]:
     """Per member, (match id, event id, item) of the matches made after their `after`, in the
-    order they were made: what a burst of news brings the live streams of many members, read
-    in one statement per MANY_MEMBERS_PER_QUERY members instead of one per stream."""
+    order they were made: what a burst of news brings the live streams of many members.
+
+    On PostgreSQL one statement, whatever the number of members: the cursors go in as two
+    arrays, joined to the matches. SQLite (one person trying FindMe out) reads member by member.
+    """
     found: dict[int, list[tuple[int, int, dict[str, Any]]]] = {}
-    members = sorted(after_by_user)
-    for start in range(0, len(members), MANY_MEMBERS_PER_QUERY):
-        chunk = members[start : start + MANY_MEMBERS_PER_QUERY]
-        wanted = or_(
-            *(and_(FaceMatch.user_id == u, FaceMatch.id > after_by_user[u]) for u in chunk)
-        )
-        query = (
-            _matched_photos().add_columns(FaceMatch.user_id).where(wanted).order_by(FaceMatch.id)
-        )
-        for row in (await session.execute(query)).all():
-            item = _matched_photo_json(row) | {"match_id": row.match_id}
-            found.setdefault(row.user_id, []).append((row.match_id, row.event_id, item))
+    if session.get_bind().dialect.name != "postgresql":
+        for user_id, after in after_by_user.items():
+            rows = await my_matches_after(
+                session, user_id=user_id, event_id=None, after=after, limit=None
+            )
+            if rows:
+                found[user_id] = [(match_id, item["event_id"], item) for match_id, item in rows]
+        return found
+    cursors = select(
+        func.unnest(bindparam("users", type_=ARRAY(BigInteger))).label("user_id"),
+        func.unnest(bindparam("afters", type_=ARRAY(BigInteger))).label("after"),
+    ).subquery("cursors")
+    query = (
+        _matched_photos()
+        .add_columns(FaceMatch.user_id)
+        .join(cursors, and_(FaceMatch.user_id == cursors.c.user_id, FaceMatch.id > cursors.c.after))
+        .order_by(FaceMatch.id)
+    )
+    result = await session.execute(
+        query, {"users": list(after_by_user), "afters": list(after_by_user.values())}
+    )
+    for row in result.all():
+        item = _matched_photo_json(row) | {"match_id": row.match_id}
+        found.setdefault(row.user_id, []).append((row.match_id, row.event_id, item))
     return found
 
 
@@ -189,7 +249,7 @@ async def latest_match_id(session: AsyncSession, *, user_id: int, event_id: int 
     return await session.scalar(query) or 0
 
 
-async def delete_photo(state: AppState, photo_id: int) -> None:
+async def delete_photo(state: AppState, *, photo_id: int, event_id: int) -> None:
     """The photo with its faces and matches; its cloud faces go first."""
 
     async def forget(session: AsyncSession) -> None:
@@ -202,6 +262,7 @@ async def delete_photo(state: AppState, photo_id: int) -> None:
         photos=select(Photo.id).where(Photo.id == photo_id),
         matched_users=select(FaceMatch.user_id).where(FaceMatch.photo_id == photo_id),
     )
+    await state.on_photos_changed({event_id})
 
 
 async def reject_match(state: AppState, *, photo_id: int, user_id: int) -> None:
@@ -212,4 +273,6 @@ async def reject_match(state: AppState, *, photo_id: int, user_id: int) -> None:
         )
         if await session.get(RejectedMatch, (photo_id, user_id)) is None:
             session.add(RejectedMatch(photo_id=photo_id, user_id=user_id))
+        # Not theirs to share either.
+        await revoke_links_to(session, photo_id=photo_id, user_id=user_id)
     await state.on_matches_changed({user_id})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from findme.db import Event, Job, User
+from findme.db import Event, Job, PhotoStatus, User
 
 
 def iso(value: dt.datetime | dt.date | None) -> str | None:
@@ -23,7 +23,7 @@ def user_json(user: User) -> dict[str, Any]:
 
 
 def event_json(event: Event, *, role: str) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "id": event.id,
         "name": event.name,
         "code": event.code,
@@ -34,10 +34,23 @@ def event_json(event: Event, *, role: str) -> dict[str, Any]:
         "gallery": event.gallery.value,
         "my_role": role,
     }
+    # How the event admits newcomers is for those who manage it: a member is in already.
+    if role in {"organiser", "admin"}:
+        body["joining"] = event.joining.value
+        body["code_expires_at"] = iso(event.code_expires_at)
+    return body
+
+
+# Photos whose job has not made their thumbnail yet.
+_THUMBNAIL_PENDING = frozenset({PhotoStatus.queued, PhotoStatus.processing})
 
 
 def photo_json(photo: Any) -> dict[str, Any]:
     """A list item from a Photo or a row of `findme.domain.photos.PHOTO_COLUMNS`."""
+    # Until the job has made the thumbnail its address answers a placeholder, and browsers
+    # keep an image per address for the page's life: a distinct address while pending makes a
+    # page that lists the photo again once processed fetch the real thumbnail.
+    pending = "?pending" if photo.status in _THUMBNAIL_PENDING else ""
     return {
         "id": photo.id,
         "event_id": photo.event_id,
@@ -47,7 +60,7 @@ def photo_json(photo: Any) -> dict[str, Any]:
         "status": photo.status.value,
         "uploaded_at": iso(photo.uploaded_at),
         "image_url": f"/api/photo/{photo.id}",
-        "thumb_url": f"/api/photo/{photo.id}/thumb",
+        "thumb_url": f"/api/photo/{photo.id}/thumb{pending}",
     }
 
 

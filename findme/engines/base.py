@@ -2,8 +2,8 @@
 
 An engine analyses photos and selfies and keeps each event's matches right; routes, the CLI and
 the workers call it through this interface and never ask which engine it is. The steps below
-(load and mark a photo, store its faces, finish it, serialise an event's writes, retention) are
-written once, here.
+(mark a photo, keep its thumbnail, store its faces, finish it, serialise an event's writes,
+retention) are written once, here.
 """
 
 from __future__ import annotations
@@ -153,6 +153,17 @@ class PhotoJobs(abc.ABC):
             if not finished:
                 photo.status = PhotoStatus.processing
             return StartedPhoto(photo.event_id, finished)
+
+    async def _keep_thumbnail(self, photo_id: int, thumbnail: bytes) -> bool:
+        """Store the grid thumbnail the job made; False if the photo was deleted meanwhile, and
+        then the thumbnail goes too, so no byte of a deleted photo stays behind."""
+        await self._storage.save_thumbnail(photo_id, thumbnail)
+        async with self._db.sessions() as session:
+            exists = await session.scalar(select(Photo.id).where(Photo.id == photo_id))
+        if exists is None:
+            await self._storage.delete([photo_id])
+            return False
+        return True
 
     async def _announce(self, changed: set[int]) -> None:
         if changed:

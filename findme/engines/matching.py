@@ -85,13 +85,9 @@ def assign_faces(
     if not faces or not selfies:
         return {}
     owners = [user_id for user_id, _ in selfies]
-    a = np.frombuffer(b"".join(face.descriptor for face in faces), _DTYPE).reshape(len(faces), -1)
-    b = np.frombuffer(b"".join(d for _, d in selfies), _DTYPE).reshape(len(owners), -1)
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    # |a-b|^2 = |a|^2 + |b|^2 - 2ab: a faces-by-selfies matrix, never a faces-by-selfies-by-128
-    # array (2,000 faces and 200 members would need 400 MB).
-    squared = (a64**2).sum(1)[:, None] + (b64**2).sum(1)[None, :] - 2 * a64 @ b64.T
-    distances = np.sqrt(np.clip(squared, 0, None))
+    distances = descriptor_distances(
+        [face.descriptor for face in faces], [descriptor for _, descriptor in selfies]
+    )
     columns: dict[int, list[int]] = defaultdict(list)
     for index, user_id in enumerate(owners):
         columns[user_id].append(index)
@@ -108,6 +104,18 @@ def assign_faces(
         for row, face in enumerate(faces)
         if distances[row, best[row]] < threshold
     )
+
+
+def descriptor_distances(faces: Sequence[bytes], selfies: Sequence[bytes]) -> np.ndarray:
+    """The faces-by-selfies matrix of distances between descriptors (128 float32 each)."""
+    a = np.frombuffer(b"".join(faces), _DTYPE).reshape(len(faces), -1)
+    b = np.frombuffer(b"".join(selfies), _DTYPE).reshape(len(selfies), -1)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    # |a-b|^2 = |a|^2 + |b|^2 - 2ab: a faces-by-selfies matrix, never a faces-by-selfies-by-128
+    # array (2,000 faces and 200 members would need 400 MB).
+    squared = (a64**2).sum(1)[:, None] + (b64**2).sum(1)[None, :] - 2 * a64 @ b64.T
+    distances: np.ndarray = np.sqrt(np.clip(squared, 0, None))
+    return distances
 
 
 def nearest_member(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select, update
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -24,6 +26,7 @@ from findme.domain.passwords import (
     reset_mail,
     start_reset,
 )
+from findme.domain.signups import MAX_NEXT_CHARS, finish_signup, signup_sent, start_signup
 from findme.domain.views import iso, user_json
 from findme.errors import BadRequest, InvalidCredentials, NotFound
 from findme.routes.common import (
@@ -35,28 +38,38 @@ from findme.routes.common import (
     path_id,
     read_json,
     require_user,
+    safe_next,
+    site_url,
     text_field,
 )
 
 
 @api(
-    "Create an account (attendee, or any role when an admin asks); signs a browser in",
+    "Create an account (attendee, or any role when an admin asks); with email configured, "
+    "anyone but an admin finishes it by an emailed link",
     auth="anyone",
     body=Body(ref("Registration")),
     responses={
-        201: Reply("the new account", ref("UserReply")),
+        201: Reply("the new account (email is not configured, or an admin asks)", ref("UserReply")),
+        202: Reply(
+            "email is configured: the same answer whether or not the email has an account; "
+            "the email sent to it says what to do next",
+            ref("Detail"),
+        ),
         400: "only an admin can create photographer or admin accounts",
-        409: "an account with this email already exists",
+        409: "an account with this email already exists (only without email configured, or "
+        "for admins)",
         429: "too many new accounts from this address; see Retry-After",
     },
 )
 async def register(request: Request) -> Response:
     state = app_state(request)
     caller = await current_principal(request)
+    by_admin = caller is not None and caller.is_admin
     # Every caller counts, signed in or not; only admins are free of it: an admin can already
     # create admins and delete events, so a limit would guard against nothing and would only
     # get in the way of setting up a team of photographers at once.
-    if caller is None or not caller.is_admin:
+    if not by_admin:
         await state.limits.hit("signup_ip", client_ip(request))
     body = await read_json(request)
     email = text_field(body, "email", max_chars=254)
@@ -66,16 +79,71 @@ async def register(request: Request) -> Response:
     if role_name not in {role.value for role in Role}:
         raise BadRequest("'role' must be attendee, photographer or admin.")
     role = Role(role_name)
-    if role != Role.attendee and not (caller is not None and caller.is_admin):
+    if role != Role.attendee and not by_admin:
         raise BadRequest(
             "Only an admin can create photographer or admin accounts. Ask your FindMe admin."
         )
+    # Without email nothing can confirm the address, so the account is made at once, and a
+    # known email is said to be one (README, "Sign-up"). An admin is trusted either way.
+    if state.mailer.configured and not by_admin:
+        return await _sign_up_by_email(request, body, email=email, password=password, name=name)
     async with state.db.transaction() as session:
         user = await create_user(session, email=email, password=password, name=name, role=role)
         browser = None if caller is not None else await state.auth.start_session(session, user)
     response = json_response({"user": user_json(user)}, 201)
     if browser is not None:
         state.auth.set_cookie(response, browser, secure=request.url.scheme == "https")
+    return response
+
+
+async def _sign_up_by_email(
+    request: Request, body: dict[str, Any], *, email: str, password: str, name: str
+) -> Response:
+    """The same answer whether or not the email has an account; the email tells which."""
+    state = app_state(request)
+    email = normalise_email(email)
+    raw_next = body.get("next")
+    next_path = safe_next(
+        raw_next if isinstance(raw_next, str) and len(raw_next) <= MAX_NEXT_CHARS else None
+    )
+    ttl_s = state.settings.signup_token_ttl_s
+    async with state.db.transaction() as session:
+        mail = await start_signup(
+            session,
+            site=site_url(request),
+            email=email,
+            name=name,
+            password=password,
+            next_path=next_path,
+            ttl_s=ttl_s,
+        )
+    response = json_response({"detail": signup_sent(email, ttl_s=ttl_s)}, 202)
+    # Sent after the answer: a mail server's delay must not tell who has an account.
+    response.background = BackgroundTask(state.mailer.send_quietly, mail)
+    return response
+
+
+@api(
+    "Finish a sign-up with its emailed link's token: creates the account, signs this browser in",
+    auth="anyone",
+    body=Body(ref("SignupConfirmation")),
+    responses={
+        201: Reply(
+            "the new account, signed in; next: the path the person was going to",
+            ref("SignedUp"),
+        ),
+        400: "the link is unknown, used or expired, or the email has an account already",
+    },
+)
+async def confirm_signup(request: Request) -> Response:
+    state = app_state(request)
+    check_origin(request)
+    token = text_field(await read_json(request), "token", max_chars=200)
+    async with state.db.transaction() as session:
+        user, next_path = await finish_signup(session, token=token)
+        browser = await state.auth.start_session(session, user)
+    response = json_response({"user": user_json(user), "next": next_path}, 201)
+    state.auth.set_cookie(response, browser, secure=request.url.scheme == "https")
     return response
 
 
@@ -189,8 +257,7 @@ async def request_password_reset(request: Request) -> Response:
     )
     if started is not None:
         user, token = started
-        base = state.settings.public_url or str(request.base_url)
-        link = f"{base.rstrip('/')}/reset/{token}"
+        link = f"{site_url(request)}/reset/{token}"
         # Sent after the answer: a mail server's delay must not tell who has an account.
         response.background = BackgroundTask(
             state.mailer.send_quietly, reset_mail(user, link=link, ttl_s=ttl_s)
@@ -311,6 +378,7 @@ async def my_status(request: Request) -> Response:
 
 routes = [
     Route("/api/auth/register", register, methods=["POST"]),
+    Route("/api/auth/register/confirm", confirm_signup, methods=["POST"]),
     Route("/api/auth/login", login, methods=["POST"]),
     Route("/api/auth/logout", logout, methods=["POST"]),
     Route("/api/auth/password-reset", request_password_reset, methods=["POST"]),

@@ -1,4 +1,4 @@
-"""Events: create, join by code, list, show, change, progress, delete."""
+"""Events: create, join by code, list, show, change, new code, progress, delete."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from findme.api_schemas import (
     obj,
     ref,
 )
-from findme.db import Gallery, JobStatus, PhotoStatus, Role
+from findme.db import Gallery, JobStatus, Joining, PhotoStatus, Role
 from findme.domain import events, oversight
 from findme.domain.access import event_for
 from findme.domain.views import event_json, job_link
@@ -100,6 +100,42 @@ def _parse_gallery(raw: Any) -> Gallery:
     return Gallery(raw)
 
 
+def _parse_joining(raw: Any) -> Joining:
+    if not isinstance(raw, str) or raw not in {item.value for item in Joining}:
+        raise BadRequest(
+            '\'joining\' must be "open" (anyone with the code may join) or "closed" (nobody '
+            "new may join; members stay)."
+        )
+    return Joining(raw)
+
+
+def _parse_expiry(raw: Any) -> dt.datetime | None:
+    """An ISO 8601 date and time with its timezone (the server's clock zone is no guess for
+    the organiser's), or null for a code that never expires."""
+    if raw is None:
+        return None
+    wrong = BadRequest(
+        "'code_expires_at' must be a date and time with its timezone, like "
+        "2026-06-30T23:00:00+02:00, or null for a code that never expires."
+    )
+    if not isinstance(raw, str) or len(raw) > 64:
+        raise wrong
+    try:
+        when = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise wrong from None
+    if when.tzinfo is None:
+        raise wrong
+    try:
+        return when.astimezone(dt.UTC)
+    except OverflowError:  # year 1 or 9999 pushed past the calendar by its offset
+        raise wrong from None
+
+
+# What PATCH /api/events/{id} may change, each with its check.
+_SETTINGS = {"gallery": _parse_gallery, "joining": _parse_joining, "code_expires_at": _parse_expiry}
+
+
 def _parse_date(raw: Any) -> dt.date | None:
     if raw in (None, ""):
         return None
@@ -138,7 +174,8 @@ async def get_event(request: Request) -> Response:
 
 
 @api(
-    "Change an event's settings: who may browse its photos",
+    "Change an event's settings: who may browse its photos, whether newcomers may join, and "
+    "when its code expires (a time already past stops the code at once)",
     auth="its organiser or an admin",
     body=Body(ref("EventChange")),
     responses={
@@ -152,13 +189,38 @@ async def change_event(request: Request) -> Response:
     state = app_state(request)
     event_id = path_id(request, "event_id")
     body = await read_json(request)
-    if "gallery" not in body:
-        raise BadRequest('\'gallery\' is required: "own" or "all".')
-    gallery = _parse_gallery(body["gallery"])
+    changes = {name: parse(body[name]) for name, parse in _SETTINGS.items() if name in body}
+    if not changes:
+        raise BadRequest(
+            'Send a setting to change: \'gallery\' ("own" or "all"), \'joining\' ("open" or '
+            "\"closed\") or 'code_expires_at' (a date and time with its timezone, or null)."
+        )
     async with state.db.sessions() as session:
         event, role = await event_for(state, session, principal, event_id, organiser=True)
-    changed = await events.set_gallery(state, event.id, gallery)
+    changed = await events.change_settings(state, event.id, changes)
     return json_response(event_json(changed, role=role))
+
+
+@api(
+    "Give the event a new join code: the old code, its link and QR code stop working at once "
+    "(they answer as an unknown code does), members stay members, and the new code has no "
+    "expiry",
+    auth="its organiser or an admin",
+    responses={
+        201: Reply("the event, with its new code", ref("Event")),
+        403: "a member, not its organiser",
+        404: "no such event",
+    },
+)
+async def replace_code(request: Request) -> Response:
+    principal = await require_user(request)
+    state = app_state(request)
+    async with state.db.sessions() as session:
+        event, role = await event_for(
+            state, session, principal, path_id(request, "event_id"), organiser=True
+        )
+    changed = await events.replace_code(state, event.id)
+    return json_response(event_json(changed, role=role), 201)
 
 
 @api(
@@ -166,7 +228,9 @@ async def change_event(request: Request) -> Response:
     body=Body(ref("JoinRequest")),
     responses={
         200: Reply("the event, and the job matching my selfie (null without one)", ref("Joined")),
-        404: "no event has this code",
+        403: "not a member, and the event is closed to newcomers (joining_closed) or its code "
+        "has expired (code_expired); a member joining again is let through",
+        404: "no event has this code (a replaced code included)",
     },
 )
 async def join_event(request: Request) -> Response:
@@ -290,6 +354,7 @@ routes = [
     Route("/api/events/{event_id}", get_event, methods=["GET"]),
     Route("/api/events/{event_id}", change_event, methods=["PATCH"]),
     Route("/api/events/{event_id}", delete_event, methods=["DELETE"]),
+    Route("/api/events/{event_id}/code", replace_code, methods=["POST"]),
     Route("/api/events/{event_id}/progress", event_progress, methods=["GET"]),
     Route("/api/events/{event_id}/photos", event_photos, methods=["GET"]),
     Route("/api/events/{event_id}/retry-failed", retry_failed, methods=["POST"]),

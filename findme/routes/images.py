@@ -9,8 +9,7 @@ from starlette.routing import Route
 from findme.api_schemas import BINARY, DOWNLOAD, Reply
 from findme.db import Photo
 from findme.domain.access import viewable_photo
-from findme.errors import NotFound
-from findme.images import CONTENT_TYPES
+from findme.images import CONTENT_TYPES, placeholder_thumbnail
 from findme.routes.common import api, app_state, path_id, require_user
 from findme.routes.files import IMMUTABLE, content_disposition, not_modified
 from findme.services import AppState
@@ -59,9 +58,15 @@ async def photo_original(request: Request) -> Response:
     "A photo's thumbnail for grids (JPEG)",
     auth="its event's organiser, an admin, or a member its gallery setting lets see it",
     responses={
-        200: Reply("the thumbnail", BINARY, media_type="image/jpeg", headers=_CACHED),
+        200: Reply(
+            "the thumbnail, with its ETag; until the photo's job has made it (or if the photo "
+            "could not be decoded), a plain placeholder tile",
+            BINARY,
+            media_type="image/jpeg",
+            headers={"Cache-Control": f"{IMMUTABLE} (the placeholder: no-store)"},
+        ),
         304: "not modified (If-None-Match)",
-        404: "no such photo (or not one I may see), or no thumbnail yet",
+        404: "no such photo, or not one I may see",
     },
 )
 async def photo_thumbnail(request: Request) -> Response:
@@ -72,7 +77,13 @@ async def photo_thumbnail(request: Request) -> Response:
         return cached
     data = await state.storage.read_thumbnail(photo.id)
     if data is None:
-        raise NotFound("This photo has no thumbnail yet.")
+        # The job makes the thumbnail from the decode it needs for the faces. Until then a grid
+        # shows an empty tile, fetched again next time (no ETag, no-store) rather than kept.
+        return Response(
+            placeholder_thumbnail(),
+            media_type="image/jpeg",
+            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+        )
     return Response(
         data,
         media_type="image/jpeg",

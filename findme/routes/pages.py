@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
@@ -21,7 +21,14 @@ from findme.domain.access import event_for, sees_every_photo
 from findme.domain.accounts import MAX_SELFIES, consent_text, list_selfies
 from findme.domain.photos import latest_match_id
 from findme.errors import Forbidden, NotFound
-from findme.routes.common import app_state, current_principal, parse_id, path_id, require_user
+from findme.routes.common import (
+    app_state,
+    current_principal,
+    parse_id,
+    path_id,
+    require_user,
+    safe_next,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 templates = Jinja2Templates(directory=ROOT / "templates")
@@ -47,18 +54,6 @@ ERROR_TITLES = {
     500: "Something went wrong",
     503: "FindMe is not ready",
 }
-
-
-def safe_next(raw: str | None, default: str = "/") -> str:
-    """A same-site relative path to go back to after signing in; anything else is refused."""
-    if not raw or not raw.startswith("/") or raw.startswith("//") or "\\" in raw:
-        return default
-    if any(ord(char) < 32 or ord(char) == 127 for char in raw):
-        return default
-    parts = urlsplit(raw)
-    if parts.scheme or parts.netloc:
-        return default
-    return raw
 
 
 def login_redirect(request: Request) -> Response:
@@ -204,6 +199,19 @@ async def reset_password(request: Request) -> Response:
     )
 
 
+async def confirm_signup(request: Request) -> Response:
+    # Like the reset link: a GET must not spend the token (mail scanners open links), so the
+    # page's button sends it.
+    principal = await current_principal(request)
+    return render(
+        request,
+        "confirm_signup.html",
+        principal,
+        title="Finish creating your account",
+        token=request.path_params["token"],
+    )
+
+
 async def selfie(request: Request) -> Response:
     principal = await require_user(request)
     user = principal.user
@@ -257,14 +265,19 @@ async def join(request: Request) -> Response:
         except NotFound as error:
             return await _code_page(request, typed=code, detail=error.detail, status_code=404)
         member = await session.get(EventMember, (event.id, principal.id))
+    joined = member is not None or event.organiser_id == principal.id
+    # A closed event or an expired code: the sentence, instead of a button that cannot work.
+    refusal = None if joined else event_domain.joining_refusal(event)
     return render(
         request,
         "join.html",
         principal,
+        status_code=200 if refusal is None else refusal.status_code,
         title=f"Join {event.name}",
         event=event,
         date=_date(event.date),
-        joined=member is not None or event.organiser_id == principal.id,
+        joined=joined,
+        refusal=refusal,
         organiser=event.organiser_id == principal.id,
         has_selfie=principal.user.selfie_updated_at is not None,
     )
@@ -396,6 +409,7 @@ routes = [
     Route("/register", register, methods=["GET"]),
     Route("/forgot-password", forgot_password, methods=["GET"]),
     Route("/reset/{token}", reset_password, methods=["GET"]),
+    Route("/signup/{token}", confirm_signup, methods=["GET"]),
     Route("/selfie", selfie, methods=["GET"]),
     Route("/join", join_form, methods=["GET"]),
     Route("/join/{code}", join, methods=["GET"]),

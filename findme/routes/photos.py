@@ -9,8 +9,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from findme.api_schemas import ID, Param, Reply, integer, ref
+from findme.cache import gallery_key
 from findme.domain import photos
-from findme.domain.access import event_for, viewable_photo
+from findme.domain.access import event_for, gallery_member, viewable_photo
 from findme.routes.common import (
     api,
     app_state,
@@ -62,13 +63,25 @@ async def all_photos(request: Request) -> Response:
     principal = await require_user(request)
     event_id, cursor, limit = _page(request)
     state = app_state(request)
-    async with state.db.sessions() as session:
-        if event_id is not None:
-            await event_for(state, session, principal, event_id)
-        items = await photos.gallery_items(
-            session, principal, event_id=event_id, cursor=cursor, limit=limit + 1
-        )
-    return json_response(_paged(items, limit))
+    async with state.db.reads() as session:
+        if event_id is None:
+            # Every event at once is not cached: no one event's news says when it changes.
+            items = await photos.gallery_items(
+                session, principal, event_id=None, cursor=cursor, limit=limit + 1
+            )
+            return json_response(_paged(items, limit))
+        # Who may see what is checked on every request; only the page itself is cached.
+        member_id = await gallery_member(state, session, principal, event_id)
+
+        async def load() -> bytes:
+            items = await photos.event_gallery_items(
+                session, event_id=event_id, member_id=member_id, cursor=cursor, limit=limit + 1
+            )
+            return json_bytes(_paged(items, limit))
+
+        key = gallery_key(event_id=event_id, member_id=member_id, cursor=cursor, limit=limit)
+        page = await state.caches.all_photos.get(key, load)
+    return Response(page, media_type="application/json")
 
 
 @api(
@@ -85,12 +98,14 @@ async def my_photos(request: Request) -> Response:
     state = app_state(request)
 
     async def load() -> bytes:
-        async with state.db.sessions() as session:
-            if event_id is not None:
-                await event_for(state, session, principal, event_id)
+        async with state.db.reads() as session:
             items = await photos.my_photo_items(
                 session, user_id=principal.id, event_id=event_id, cursor=cursor, limit=limit + 1
             )
+            # Matches are made for members only and go with the membership: a page that has
+            # some is the caller's to see. An empty one may be an event they cannot see (404).
+            if not items and event_id is not None:
+                await event_for(state, session, principal, event_id)
         return json_bytes(_paged(items, limit))
 
     # Cached as encoded JSON: a hit costs no query and no serialisation.
@@ -114,7 +129,7 @@ async def delete_photo(request: Request) -> Response:
         photo = await viewable_photo(
             state, session, principal, path_id(request, "photo_id"), organiser=True
         )
-    await photos.delete_photo(state, photo.id)
+    await photos.delete_photo(state, photo_id=photo.id, event_id=photo.event_id)
     return Response(status_code=204)
 
 

@@ -23,7 +23,7 @@ from findme.domain.accounts import (
 )
 from findme.domain.views import iso
 from findme.errors import BadRequest, TooLarge
-from findme.images import prepare_upload, thumbnail_of
+from findme.images import check_upload, thumbnail_of
 from findme.routes.common import api, app_state, json_response, path_id, require_user
 from findme.uploads import receive_files
 
@@ -63,12 +63,7 @@ async def _received_selfie(request: Request, *, user_id: int) -> bytes:
         selfie = received[0]
         if selfie.too_large:
             raise TooLarge("The selfie is too large. Take a smaller photo and send it again.")
-        await asyncio.to_thread(
-            prepare_upload,
-            selfie.path,
-            max_pixels=settings.max_image_pixels,
-            thumbnail_px=settings.thumbnail_px,
-        )
+        await asyncio.to_thread(check_upload, selfie.path, max_pixels=settings.max_image_pixels)
         async with aiofiles.open(selfie.path, "rb") as source:
             return await source.read()
     finally:

@@ -17,7 +17,7 @@ from findme.db import Role
 from findme.domain.access import event_for
 from findme.domain.photos import store_photo
 from findme.errors import BadRequest, FindMeError, TooLarge
-from findme.images import CorruptImage, PreparedImage, prepare_upload
+from findme.images import CheckedImage, CorruptImage, check_upload
 from findme.routes.common import api, app_state, json_response, path_id, require_user
 from findme.services import AppState
 from findme.uploads import ReceivedFile, receive_files
@@ -61,7 +61,7 @@ async def upload_photos(request: Request) -> Response:
         event, _ = await event_for(
             state, session, principal, path_id(request, "event_id"), organiser=True
         )
-    received: list[tuple[ReceivedFile, PreparedImage | FindMeError]] = []
+    received: list[tuple[ReceivedFile, CheckedImage | FindMeError]] = []
     try:
         async for upload in receive_files(
             request,
@@ -70,28 +70,30 @@ async def upload_photos(request: Request) -> Response:
             max_request_bytes=settings.max_request_bytes,
             max_files=settings.max_files_per_request,
         ):
-            received.append((upload, await _prepare(upload, state)))
+            received.append((upload, await _check(upload, state)))
         if not received:
             raise NoFiles()
         # Stored only once the whole request has arrived: an interrupted or oversize request
         # leaves nothing behind.
-        results = [
-            await store_photo(
+        results = []
+        for upload, checked in received:
+            if isinstance(checked, FindMeError):
+                results.append(_rejected(upload, checked))
+                continue
+            result = await store_photo(
                 state,
                 uploader_id=principal.id,
                 event_id=event.id,
                 upload=upload,
-                prepared=prepared,
+                checked=checked,
             )
-            if isinstance(prepared, PreparedImage)
-            else _rejected(upload, prepared)
-            for upload, prepared in received
-        ]
+            results.append(result)
+            if state.pipeline is not None and result["status"] == "created":
+                # The first photo's job starts while the rest are still being stored.
+                state.pipeline.notify()
     finally:
         for upload, _ in received:
             await _remove(upload.path)
-    if state.pipeline is not None:
-        state.pipeline.notify()
     outcome = {"results": results}
     if all(result["status"] == "rejected" for result in results):
         first = next(error for _, error in received if isinstance(error, FindMeError))
@@ -101,7 +103,7 @@ async def upload_photos(request: Request) -> Response:
     return json_response(outcome, 202)
 
 
-async def _prepare(upload: ReceivedFile, state: AppState) -> PreparedImage | FindMeError:
+async def _check(upload: ReceivedFile, state: AppState) -> CheckedImage | FindMeError:
     settings = state.settings
     if upload.too_large:
         return FileTooLarge(
@@ -110,10 +112,7 @@ async def _prepare(upload: ReceivedFile, state: AppState) -> PreparedImage | Fin
         )
     try:
         return await asyncio.to_thread(
-            prepare_upload,
-            upload.path,
-            max_pixels=settings.max_image_pixels,
-            thumbnail_px=settings.thumbnail_px,
+            check_upload, upload.path, max_pixels=settings.max_image_pixels
         )
     except FindMeError as error:
         return error

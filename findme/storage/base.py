@@ -11,10 +11,11 @@ CHUNK_BYTES = 256 * 1024
 
 
 class PhotoStorage(Protocol):
-    async def save(
-        self, session: AsyncSession, *, photo_id: int, original: bytes, thumbnail: bytes
-    ) -> None:
-        """Store a new photo's bytes as part of the transaction that inserts its row."""
+    async def save(self, session: AsyncSession, *, photo_id: int, original: bytes) -> None:
+        """Store a new photo's original as part of the transaction that inserts its row."""
+
+    async def save_thumbnail(self, photo_id: int, thumbnail: bytes) -> None:
+        """Store the grid thumbnail that the photo's job made."""
 
     def stream_original(self, photo_id: int, *, size_bytes: int) -> AsyncIterator[bytes]:
         """The original in bounded chunks."""
@@ -23,7 +24,7 @@ class PhotoStorage(Protocol):
         """The whole original, for the pipeline."""
 
     async def read_thumbnail(self, photo_id: int) -> bytes | None:
-        """The grid thumbnail."""
+        """The grid thumbnail; None until the photo's job has made it."""
 
     async def delete(self, photo_ids: list[int]) -> None:
         """Forget these photos' bytes (rows are deleted by the caller)."""

@@ -20,12 +20,14 @@ class DatabaseStorage:
         self._db = db
         self._chunk_bytes = chunk_bytes
 
-    async def save(
-        self, session: AsyncSession, *, photo_id: int, original: bytes, thumbnail: bytes
-    ) -> None:
-        await session.execute(
-            update(Photo).where(Photo.id == photo_id).values(original=original, thumbnail=thumbnail)
-        )
+    async def save(self, session: AsyncSession, *, photo_id: int, original: bytes) -> None:
+        await session.execute(update(Photo).where(Photo.id == photo_id).values(original=original))
+
+    async def save_thumbnail(self, photo_id: int, thumbnail: bytes) -> None:
+        async with self._db.transaction() as session:
+            await session.execute(
+                update(Photo).where(Photo.id == photo_id).values(thumbnail=thumbnail)
+            )
 
     async def stream_original(self, photo_id: int, *, size_bytes: int) -> AsyncIterator[bytes]:
         # substr() on bytea (PostgreSQL) and blobs (SQLite) reads only the slice asked for, so a

@@ -63,17 +63,13 @@ class S3Storage:
     def thumbnail_key(self, photo_id: int) -> str:
         return f"{self.prefix}photos/{photo_id}/thumb.jpg"
 
-    async def save(
-        self, session: AsyncSession, *, photo_id: int, original: bytes, thumbnail: bytes
-    ) -> None:
-        """Put both objects; a failure raises, which rolls back the photo's row."""
+    async def save(self, session: AsyncSession, *, photo_id: int, original: bytes) -> None:
+        """Put the original; a failure raises, which rolls back the photo's row."""
         await self._put(self.original_key(photo_id), original, "application/octet-stream")
-        try:
-            await self._put(self.thumbnail_key(photo_id), thumbnail, "image/jpeg")
-        except StorageError:
-            await self.delete([photo_id])
-            raise
         self._delete_on_rollback(session, photo_id)
+
+    async def save_thumbnail(self, photo_id: int, thumbnail: bytes) -> None:
+        await self._put(self.thumbnail_key(photo_id), thumbnail, "image/jpeg")
 
     def _delete_on_rollback(self, session: AsyncSession, photo_id: int) -> None:
         """If the transaction that inserts the row does not commit, the objects go too."""

@@ -1,5 +1,5 @@
-// Sign out, and erase my data after a confirmation step.
-import { api, busy, handleSignedOut, showError, toast } from "./common.js";
+// Sign out, share links, API tokens, and erase my data after a confirmation step.
+import { api, busy, el, handleSignedOut, plural, showError, toast } from "./common.js";
 
 document.getElementById("sign-out").addEventListener("click", async (event) => {
   try {
@@ -126,3 +126,53 @@ document.getElementById("copy-token").addEventListener("click", async () => {
 });
 
 loadTokens();
+
+// Share links: what each shows, how often it was opened, and "Turn off".
+const shareList = document.getElementById("share-list");
+
+const shortDate = (iso) => new Date(iso).toLocaleDateString(undefined, { dateStyle: "medium" });
+const shortTime = (iso) => new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+function shareItem(link) {
+  const opened = link.opened_count
+    ? `Opened ${plural(link.opened_count, "time")}, last ${shortTime(link.last_opened_at)}`
+    : "Not opened yet";
+  const off = el("button", { class: "btn btn-sm", type: "button", text: "Turn off" });
+  off.addEventListener("click", async () => {
+    try {
+      await busy(off, "Turning off…", () => api(`/api/share-links/${link.id}`, { method: "DELETE" }));
+    } catch (error) {
+      if (!handleSignedOut(error)) toast(error.detail, "error");
+      return;
+    }
+    toast("Link turned off: it shows nothing any more.");
+    await loadShares();
+  });
+  return el(
+    "li",
+    { "data-share-id": String(link.id) },
+    el("img", { src: link.thumb_url, alt: "", width: "56", height: "56", loading: "lazy" }),
+    el(
+      "span",
+      { class: "share-about" },
+      el("strong", { text: link.event_name }),
+      el("span", { class: "muted", text: `Made ${shortDate(link.created_at)}` }),
+      el("span", { text: opened }),
+    ),
+    off,
+  );
+}
+
+async function loadShares() {
+  let reply;
+  try {
+    reply = await api("/api/share-links");
+  } catch (error) {
+    if (!handleSignedOut(error)) toast(error.detail, "error");
+    return;
+  }
+  shareList.replaceChildren(...reply.items.map(shareItem));
+  document.getElementById("no-shares").hidden = reply.items.length > 0;
+}
+
+loadShares();

@@ -1,4 +1,4 @@
-// Sign-in and sign-up forms.
+// Sign-in and sign-up forms, and the emailed link that finishes a sign-up.
 import { api, busy, safeNext, showError } from "./common.js";
 
 function values(form) {
@@ -40,15 +40,43 @@ if (register) {
       return;
     }
     showError(register, "");
+    const next = safeNext(register.dataset.next);
     try {
-      await busy(register.querySelector("[type=submit]"), "Creating your account…", () =>
-        api("/api/auth/register", { method: "POST", json: { name, email, password } }),
+      const reply = await busy(register.querySelector("[type=submit]"), "Creating your account…", () =>
+        api("/api/auth/register", { method: "POST", json: { name, email, password, next } }),
       );
-      // Next stop: the selfie, then back to where the person was going.
-      const next = safeNext(register.dataset.next);
-      location.assign(next.startsWith("/selfie") ? next : "/selfie?next=" + encodeURIComponent(next));
+      if (!reply.user) {
+        // 202: with email configured, the emailed link finishes the sign-up.
+        const sent = document.getElementById("register-sent");
+        sent.textContent = reply.detail;
+        sent.hidden = false;
+        register.hidden = true;
+        return;
+      }
+      goToSelfie(next);
     } catch (error) {
       showError(register, error.detail);
     }
   });
+}
+
+const confirm = document.getElementById("signup-confirm-form");
+if (confirm) {
+  confirm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showError(confirm, "");
+    try {
+      const reply = await busy(confirm.querySelector("[type=submit]"), "Creating your account…", () =>
+        api("/api/auth/register/confirm", { method: "POST", json: { token: confirm.dataset.token } }),
+      );
+      goToSelfie(safeNext(reply.next));
+    } catch (error) {
+      showError(confirm, error.detail);
+    }
+  });
+}
+
+// A new account's next stop: the selfie, then back to where the person was going.
+function goToSelfie(next) {
+  location.assign(next.startsWith("/selfie") ? next : "/selfie?next=" + encodeURIComponent(next));
 }

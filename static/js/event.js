@@ -1,6 +1,6 @@
 // The organiser's event page: parallel batched uploads with progress and retries, processing
 // progress with failures and their retry, the event's photos (status, reason, delete), the join
-// link, and deleting the event.
+// link, who may join with it (open or closed, its expiry, a new code), and deleting the event.
 import { api, busy, csrfToken, el, formatBytes, handleSignedOut, loginUrl, plural, showError, toast } from "./common.js";
 
 const root = document.getElementById("event");
@@ -646,3 +646,129 @@ galleryForm.addEventListener("change", async () => {
     galleryForm.removeAttribute("aria-busy");
   }
 });
+
+// Joining: open or closed, when the code expires, and a new code. Each change is saved at once;
+// what the card says comes from the server's answer, so it shows what holds.
+(() => {
+  const card = document.getElementById("joining");
+  const badge = document.getElementById("joining-badge");
+  const state = document.getElementById("joining-state");
+  const open = document.getElementById("joining-open");
+  const expiryForm = document.getElementById("expiry-form");
+  const expires = document.getElementById("code-expires");
+  const clear = document.getElementById("expiry-clear");
+  const start = document.getElementById("new-code-start");
+  const confirmBox = document.getElementById("new-code-confirm");
+  const yes = document.getElementById("new-code-yes");
+  let current = { joining: card.dataset.joining, code_expires_at: card.dataset.codeExpiresAt || null };
+  let timer = 0;
+
+  const when = (iso) => new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+
+  // A datetime-local field holds the organiser's local time, without a zone.
+  function localValue(iso) {
+    if (!iso) return "";
+    const at = new Date(iso);
+    const pad = (n) => String(n).padStart(2, "0");
+    return `${at.getFullYear()}-${pad(at.getMonth() + 1)}-${pad(at.getDate())}T${pad(at.getHours())}:${pad(at.getMinutes())}`;
+  }
+
+  function show(event) {
+    current = { joining: event.joining, code_expires_at: event.code_expires_at };
+    const expiry = current.code_expires_at ? new Date(current.code_expires_at) : null;
+    const expired = expiry !== null && expiry <= new Date();
+    let label;
+    let kind;
+    let words;
+    if (current.joining === "closed") {
+      [label, kind] = ["Closed", "badge-danger"];
+      words = "Closed: nobody new can join, with the code, the link or the QR code. Guests who joined keep their photos.";
+    } else if (expired) {
+      [label, kind] = ["Code expired", "badge-warning"];
+      words = `The code expired on ${when(current.code_expires_at)}: nobody new can join. Set a later time, clear it, or make a new code.`;
+    } else if (expiry) {
+      [label, kind] = ["Open", "badge-success"];
+      words = `Open until ${when(current.code_expires_at)}: anyone with the code can join until then.`;
+    } else {
+      [label, kind] = ["Open", "badge-success"];
+      words = "Open: anyone with the code, the link or the QR code can join.";
+    }
+    badge.textContent = label;
+    badge.className = `badge ${kind}`;
+    state.textContent = words;
+    open.checked = current.joining === "open";
+    expires.value = localValue(current.code_expires_at);
+    clear.disabled = !current.code_expires_at;
+    // The words change by themselves when the code expires with the page open.
+    clearTimeout(timer);
+    const left = expiry ? expiry - new Date() : 0;
+    if (left > 0 && left < 2 ** 31) timer = setTimeout(() => show(current), left + 500);
+  }
+
+  async function change(settings, saved) {
+    showError(expiryForm, "");
+    card.setAttribute("aria-busy", "true");
+    try {
+      show(await api(`/api/events/${eventId}`, { method: "PATCH", json: settings }));
+      toast(saved);
+    } catch (error) {
+      show(current);
+      if (!handleSignedOut(error)) showError(expiryForm, error.detail);
+    } finally {
+      card.removeAttribute("aria-busy");
+    }
+  }
+
+  open.addEventListener("change", () =>
+    change(
+      { joining: open.checked ? "open" : "closed" },
+      open.checked ? "Joining is open again." : "Joining is closed: nobody new can join.",
+    ),
+  );
+  expiryForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!expires.value) {
+      showError(expiryForm, "Pick a day and a time, or use Clear for a code that never expires.");
+      return;
+    }
+    const at = new Date(expires.value);
+    change({ code_expires_at: at.toISOString() }, `Saved: the code stops working on ${when(at)}.`);
+  });
+  clear.addEventListener("click", () => change({ code_expires_at: null }, "Saved: the code never expires."));
+
+  function closeConfirm() {
+    confirmBox.hidden = true;
+    start.hidden = false;
+  }
+  start.addEventListener("click", () => {
+    start.hidden = true;
+    confirmBox.hidden = false;
+    yes.focus();
+  });
+  document.getElementById("new-code-no").addEventListener("click", () => {
+    closeConfirm();
+    start.focus();
+  });
+  yes.addEventListener("click", async () => {
+    let event;
+    try {
+      event = await busy(yes, "Making…", () => api(`/api/events/${eventId}/code`, { method: "POST" }));
+    } catch (error) {
+      if (!handleSignedOut(error)) toast(error.detail, "error");
+      return;
+    }
+    // The code, the link and the QR code shown are the new ones.
+    const url = link.value.replace(/[^/]*$/, event.code);
+    document.querySelector('[data-testid="event-code"]').textContent = event.code;
+    link.value = url;
+    const qr = document.querySelector("img.qr");
+    qr.src = `/api/events/${eventId}/qr.svg?code=${encodeURIComponent(event.code)}`;
+    qr.alt = `QR code that opens ${url}`;
+    document.getElementById("qr-download").href = `/api/events/${eventId}/qr.svg?download=1&code=${encodeURIComponent(event.code)}`;
+    show(event);
+    closeConfirm();
+    toast(`New code: ${event.code}. The old code and link no longer work.`);
+  });
+
+  show(current);
+})();

@@ -12,7 +12,10 @@ if (button) {
       );
       location.assign(`/my-photos?event_id=${event.id}`);
     } catch (error) {
-      if (!handleSignedOut(error)) showError(card, error.detail);
+      if (handleSignedOut(error)) return;
+      // Joining closed, or the code expired, since the page was shown: the page says so.
+      if (error.code === "joining_closed" || error.code === "code_expired") location.reload();
+      else showError(card, error.detail);
     }
   });
 }

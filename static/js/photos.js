@@ -222,7 +222,9 @@ if (grid) {
 
   if (grid.dataset.stream) {
     const RETRY_FIRST_MS = 1000;
-    const RETRY_MAX_MS = 60000;
+    // Low enough that after a restart every page is back within 8 s of the server answering;
+    // a crowd of phones retrying at 4-8 s costs the server only refused connections meanwhile.
+    const RETRY_MAX_MS = 8000;
     let stream = null;
     let lastId = null;
     let failures = 0;
@@ -351,6 +353,7 @@ if (grid) {
     name.textContent = item.filename;
     download.href = `${item.image_url}?download=1`;
     download.setAttribute("download", item.filename);
+    if (share) showShareStatus(""); // what it said was about the previous photo
     const ids = ordered();
     const index = ids.indexOf(photoId);
     prev.hidden = index <= 0;
@@ -397,6 +400,87 @@ if (grid) {
       else viewer.close();
     });
   }
+
+  // Share: a private link to the photo, through the phone's share sheet where there is one
+  // (with the photo itself where files can be shared), else copied to the clipboard. A photo
+  // gets one link per visit of the page, however often Share is pressed.
+  const share = viewer.querySelector("[data-share]");
+  const shareStatus = viewer.querySelector("[data-share-status]");
+  const shared = new Map(); // photo id -> Promise of {url, file}
+
+  function showShareStatus(text, url = null) {
+    shareStatus.replaceChildren(text);
+    if (url === null) return;
+    // No clipboard (an insecure address, or the browser said no): the link, ready to copy.
+    const field = el("input", { type: "text", readonly: true, value: url, "aria-label": "Share link" });
+    shareStatus.append(el("span", { class: "share-fallback" }, field));
+    field.focus();
+    field.select();
+  }
+
+  function sharedPhoto(item) {
+    if (!shared.has(item.id)) {
+      const link = api(`/api/photos/${item.id}/share-links`, { method: "POST" });
+      const file = navigator.canShare ? photoFile(item) : Promise.resolve(null);
+      const ready = Promise.all([link, file]).then(([made, photo]) => ({ url: made.url, file: photo }));
+      ready.catch(() => shared.delete(item.id));
+      shared.set(item.id, ready);
+    }
+    return shared.get(item.id);
+  }
+
+  async function photoFile(item) {
+    try {
+      const response = await fetch(item.image_url, { credentials: "same-origin" });
+      if (!response.ok) return null;
+      const blob = await response.blob();
+      // Not the uploaded name: a photographer's file names may say who is in the photo.
+      const file = new File([blob], `photo.${blob.type.split("/")[1] || "jpg"}`, { type: blob.type });
+      return navigator.canShare({ files: [file] }) ? file : null;
+    } catch {
+      return null; // the link alone is shared
+    }
+  }
+
+  async function copyLink(url) {
+    try {
+      await navigator.clipboard.writeText(url);
+    } catch {
+      showShareStatus("Copy this link to share the photo:", url);
+      return;
+    }
+    showShareStatus("Link copied. Anyone who has it sees this photo, until you turn it off in your account.");
+  }
+
+  async function sharePhoto() {
+    const item = items.get(current);
+    if (!item) return;
+    showShareStatus("");
+    share.disabled = true;
+    try {
+      const { url, file } = await sharedPhoto(item);
+      if (!navigator.share) {
+        await copyLink(url);
+        return;
+      }
+      try {
+        await navigator.share(file ? { url, files: [file] } : { url });
+      } catch (error) {
+        if (error.name === "AbortError") return; // the share sheet was closed
+        // Making the link can outlast the tap's permission to open the share sheet: the
+        // link is made now, so the next tap opens it at once.
+        if (error.name === "NotAllowedError") showShareStatus("Your link is ready: tap Share again.");
+        else await copyLink(url);
+      }
+    } catch (error) {
+      if (handleSignedOut(error)) return;
+      showShareStatus(error.detail || "Sharing did not work. Try again.");
+    } finally {
+      share.disabled = false;
+    }
+  }
+
+  if (share) share.addEventListener("click", sharePhoto);
 
   updateCounts();
   loadMore();

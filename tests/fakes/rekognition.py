@@ -228,6 +228,6 @@ def engine_with(state: AppState, client: RekognitionClient) -> RekognitionEngine
         db=state.db,
         storage=state.storage,
         client=client,
-        selfie_checker=engine.selfie_checker,
+        local_pool=engine.local_pool,
         on_matches_changed=state.on_matches_changed,
     )

@@ -33,7 +33,7 @@ from findme.engines.local.detectors import (
     photo_scan_scale,
 )
 from findme.errors import ConfigurationError
-from findme.images import to_rgb
+from findme.images import encode_thumbnail, thumbnail_of, to_rgb
 from findme.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ __all__ = [
     "descriptor_distance",
     "find_faces",
     "photo_scan_scale",
+    "photo_thumbnail",
 ]
 
 # The descriptor sees a 150 px chip (face ~100 px + 25 % padding): pixels are decoded at a scale
@@ -103,6 +104,8 @@ class FaceAnalysis:
     width: int
     height: int
     faces: tuple[DetectedFace, ...]
+    # the grid thumbnail (JPEG), made from the same decode, when one was asked for
+    thumbnail: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -169,13 +172,18 @@ def analyse_photo(
     data: bytes,
     *,
     min_face_px: int,
+    thumbnail_px: int | None = None,
     detector: str = DEFAULT_DETECTOR,
     min_score: float = DEFAULT_MIN_SCORE,
 ) -> FaceAnalysis:
-    """Find the faces of an event photo and describe each one."""
+    """Find the faces of an event photo and describe each one; with `thumbnail_px`, also make
+    its grid thumbnail from the same pixels, so the photo is decoded once."""
     found_by = _detector(detector, min_score)
     return _analyse(
-        data, found_by, lambda w, h: found_by.photo_scale(w, h, min_face_px=min_face_px)
+        data,
+        found_by,
+        lambda w, h: found_by.photo_scale(w, h, min_face_px=min_face_px),
+        thumbnail_px=thumbnail_px,
     )
 
 
@@ -185,6 +193,14 @@ def analyse_selfie(
     """Find the faces of a selfie (the caller wants exactly one) and describe each one."""
     found_by = _detector(detector, min_score)
     return _analyse(data, found_by, found_by.selfie_scale)
+
+
+def photo_thumbnail(data: bytes, *, size_px: int) -> bytes:
+    """The grid thumbnail of a photo no detector here looks at (the cloud engine's photos)."""
+    try:
+        return thumbnail_of(data, size_px=size_px)
+    except _DECODE_ERRORS as exc:
+        raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
 
 
 def find_faces(
@@ -211,11 +227,17 @@ def find_faces(
 
 
 def _analyse(
-    data: bytes, detector: Detector, scan_scale: Callable[[int, int], float]
+    data: bytes,
+    detector: Detector,
+    scan_scale: Callable[[int, int], float],
+    *,
+    thumbnail_px: int | None = None,
 ) -> FaceAnalysis:
     started = time.perf_counter()
     models = _load_models()
-    width, height, scale, pixels = _decode(data, detector, scan_scale(*_peek_size(data)))
+    width, height, scale, pixels = _decode(
+        data, detector, scan_scale(*_peek_size(data)), least_px=thumbnail_px or 0
+    )
     # Boxes come back in decoded pixels, which the descriptor reads; stored boxes are in the
     # full-resolution pixels of the oriented photo.
     found = detector.detect(pixels, scale=scale * width / pixels.width)
@@ -238,7 +260,8 @@ def _analyse(
         time.perf_counter() - started,
         extra={"action": "analyse_image"},
     )
-    return FaceAnalysis(width=width, height=height, faces=tuple(faces))
+    thumbnail = None if thumbnail_px is None else encode_thumbnail(pixels, thumbnail_px)
+    return FaceAnalysis(width=width, height=height, faces=tuple(faces), thumbnail=thumbnail)
 
 
 def _peek_size(data: bytes) -> tuple[int, int]:
@@ -249,14 +272,20 @@ def _peek_size(data: bytes) -> tuple[int, int]:
         raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
 
 
-def _decode(data: bytes, detector: Detector, scale: float) -> tuple[int, int, float, Image.Image]:
-    """Oriented full size, scan scale and RGB pixels, decoded no larger than needed."""
+def _decode(
+    data: bytes, detector: Detector, scale: float, *, least_px: int = 0
+) -> tuple[int, int, float, Image.Image]:
+    """Oriented full size, scan scale and RGB pixels, decoded no larger than needed (and at least
+    `least_px` on the longer side, where the photo has them: what its thumbnail needs)."""
     try:
         image = Image.open(io.BytesIO(data), formats=_FORMATS)
         width, height = _oriented_size(image)
-        # Decode only as many pixels as the scan and the descriptor chips need: a JPEG's draft
-        # mode skips much of the work when 1/2, 1/4 or 1/8 of the size is enough.
-        decode_scale = min(1.0, max(scale, scale * _CHIP_PX / detector.reliable_face_px))
+        # Decode only as many pixels as the scan, the descriptor chips and the thumbnail need: a
+        # JPEG's draft mode skips much of the work when 1/2, 1/4 or 1/8 of the size is enough.
+        decode_scale = min(
+            1.0,
+            max(scale, scale * _CHIP_PX / detector.reliable_face_px, least_px / max(width, height)),
+        )
         if decode_scale < 1.0:
             image.draft(
                 "RGB",

@@ -1,7 +1,8 @@
 """The local engine's process pool: the face code runs in processes, never on the event loop.
 
 dlib holds the GIL while it works, so each engine process loads the models once and takes one
-photo at a time; a process that dies is replaced, and so is one that served many photos.
+photo at a time; a process that dies is replaced, and so is one that served many photos. A
+photo is decoded here once, for its faces and its grid thumbnail alike.
 """
 
 from __future__ import annotations
@@ -23,16 +24,21 @@ from typing import TypeVar
 from findme.engines.local.detectors import DEFAULT_DETECTOR, DEFAULT_MIN_SCORE, available_detector
 from findme.engines.local.faces import (
     FaceAnalysis,
+    UnreadableImage,
     analyse_photo,
     analyse_selfie,
     models_dir,
+    photo_thumbnail,
     prepare_process,
 )
+from findme.images import CorruptImage
+from findme.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+DEFAULT_THUMBNAIL_PX = Settings.thumbnail_px
 # An engine process is replaced after this many calls: the CNN's wheel leaks its 36 KB result
 # buffer on every scan (~0.1 MB a photo), and a fresh process costs ~1 s of model loading.
 _TASKS_PER_PROCESS = 1000
@@ -76,12 +82,14 @@ class LocalRecognizer:
         *,
         processes: int,
         min_face_px: int,
+        thumbnail_px: int = DEFAULT_THUMBNAIL_PX,
         niceness: int = 10,
         detector: str = DEFAULT_DETECTOR,
         min_score: float = DEFAULT_MIN_SCORE,
     ) -> None:
         self.processes = processes
         self.min_face_px = min_face_px
+        self.thumbnail_px = thumbnail_px
         self.niceness = niceness
         # Resolved here, once: a "cnn" that cannot run fails at startup, an "auto" that falls
         # back to HOG warns once, and every worker process uses the same detector.
@@ -120,15 +128,35 @@ class LocalRecognizer:
         )
 
     async def analyse_photo(self, data: bytes) -> FaceAnalysis:
-        return await self._run(
+        """The photo's faces and its grid thumbnail, from one decode."""
+        return await self._decode_photo(
             functools.partial(
                 analyse_photo,
                 data,
                 min_face_px=self.min_face_px,
+                thumbnail_px=self.thumbnail_px,
                 detector=self.detector_name,
                 min_score=self.min_score,
             )
         )
+
+    async def make_thumbnail(self, data: bytes) -> bytes:
+        """A photo's grid thumbnail alone (the cloud engine finds the faces)."""
+        return await self._decode_photo(
+            functools.partial(photo_thumbnail, data, size_px=self.thumbnail_px)
+        )
+
+    async def _decode_photo(self, call: Callable[[], _T]) -> _T:
+        """Run a call that decodes an uploaded photo. The upload checked its header only, so
+        pixels that cannot be decoded show here, as CorruptImage: the job fails with the
+        sentence its photographer sees on the event page."""
+        try:
+            return await self._run(call)
+        except UnreadableImage as error:
+            logger.warning(
+                "a photo cannot be decoded: %s", error, extra={"action": "photo_undecodable"}
+            )
+            raise CorruptImage() from None
 
     async def analyse_selfie(self, data: bytes) -> FaceAnalysis:
         return await self._run(

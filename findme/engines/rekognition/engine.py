@@ -5,7 +5,8 @@ a photo is searched once; a member who joins after photos were indexed costs one
 one SearchFaces. For a fresh event with U members, P photos and F faces that is 1 + U + P + F
 calls. What is done is recorded under the event's lock (`events.collection_id`,
 `event_members.cloud_face_id`, `faces.cloud_face_id`, `photos.processed_at`), so neither a restart
-nor concurrent workers pay for it twice. Selfies are still checked for exactly one face locally.
+nor concurrent workers pay for it twice. Selfies are still checked for exactly one face locally,
+and photos' thumbnails are made in the same local process pool.
 """
 
 from __future__ import annotations
@@ -71,24 +72,25 @@ class RekognitionEngine(CloudErasure, PhotoJobs):
         db: Database,
         storage: PhotoStorage,
         client: RekognitionClient,
-        selfie_checker: LocalRecognizer,
+        local_pool: LocalRecognizer,
         on_matches_changed: MatchesChanged,
     ) -> None:
         super().__init__(db=db, storage=storage, on_matches_changed=on_matches_changed)
         self.client = client
-        self.selfie_checker = selfie_checker
+        # checks selfies for exactly one face, and makes the photos' thumbnails
+        self.local_pool = local_pool
 
     def describe(self) -> dict[str, str]:
         return {
             "engine": self.name,
-            "detector": f"Amazon Rekognition (selfies: {self.selfie_checker.detector_name})",
+            "detector": f"Amazon Rekognition (selfies: {self.local_pool.detector_name})",
         }
 
     async def warm_up(self) -> None:
-        await self.selfie_checker.warm_up()
+        await self.local_pool.warm_up()
 
     async def enrol_selfie(self, data: bytes) -> EnrolledSelfie:
-        return await selfie_descriptor(self.selfie_checker, data)
+        return await selfie_descriptor(self.local_pool, data)
 
     async def process_photo(self, job: ClaimedJob) -> None:
         assert job.photo_id is not None
@@ -97,6 +99,11 @@ class RekognitionEngine(CloudErasure, PhotoJobs):
         if started is None or started.finished:
             return  # deleted while queued, or finished before a restart: nothing is paid twice
         event_id = started.event_id
+        data = await self._storage.read_original(photo_id)
+        # Made first: a photo whose pixels cannot be decoded fails before any call is paid for.
+        thumbnail = await self.local_pool.make_thumbnail(data)
+        if not await self._keep_thumbnail(photo_id, thumbnail):
+            return  # deleted meanwhile
         async with self._db.sessions() as session:
             stored = await stored_faces(session, photo_id)
         collection_id = await self._collection(event_id)
@@ -104,7 +111,6 @@ class RekognitionEngine(CloudErasure, PhotoJobs):
             return  # the event was deleted
         indexed: list[IndexedFace] | None = None
         if not stored:
-            data = await self._storage.read_original(photo_id)
             indexed = await self.client.index_faces(
                 collection_id, data, external_image_id=f"photo-{photo_id}"
             )
@@ -305,7 +311,8 @@ async def open_engine(
     storage: PhotoStorage,
     on_matches_changed: MatchesChanged,
 ) -> RekognitionEngine:
-    """One long-lived Rekognition client per process, and the local pool for selfie checks."""
+    """One long-lived Rekognition client per process, and the local pool for selfie checks and
+    thumbnails."""
     aws = aioboto3.Session(region_name=settings.aws_region)
     client = await stack.enter_async_context(open_client(aws, settings))
     return RekognitionEngine(
@@ -317,6 +324,6 @@ async def open_engine(
             collection_prefix=settings.rekognition_collection_prefix,
             min_similarity=settings.rekognition_min_similarity,
         ),
-        selfie_checker=await open_recognizer(stack, settings),
+        local_pool=await open_recognizer(stack, settings),
         on_matches_changed=on_matches_changed,
     )
