@@ -34,6 +34,7 @@ bench: install services
 	$(VENV)/bin/python -m bench.detection
 	$(VENV)/bin/python -m bench.recovery
 	$(VENV)/bin/python -m bench.live
+	$(VENV)/bin/python -m bench.scale
 
 lint: install
 	$(VENV)/bin/ruff check findme tests bench alembic
