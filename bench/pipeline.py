@@ -8,10 +8,12 @@
 3. The pipeline: a real `findme serve` with default settings and a fresh PostgreSQL database,
    the six attendees signed up and joined; the photos are uploaded over HTTP (one per request,
    three at a time) and the run ends when every photo is processed. Prints photos/s, the ratio
-   to the engine's limit, and the time from the first upload's answer to the first match
-   visible in /api/my-photos, while the rest of the batch still pours in.
+   to the engine's limit, the time from the first upload's answer to the first match visible
+   in /api/my-photos while the rest of the batch still pours in, and the web process's CPU
+   time per photo (which other work on a busy machine leaves as is).
 4. A late joiner: an event of small photos is processed, then an attendee with a selfie joins;
-   prints the time until their my-photos is complete, and checks no face detection reran.
+   prints the time until their my-photos is complete, and checks no face detection reran
+   (`--late-event-photos 0` leaves it out).
 """
 
 from __future__ import annotations
