@@ -195,7 +195,9 @@ class LocalWindows:
         previous = self._counts.get((key, window - 1), 0)
         current = self._counts.get((key, window), 0)
         previous_weight = 1 - (now - window * period) / period
-        return math.floor(previous * previous_weight + current)
+        # Rounded up: rounded down, the last window's hits would lose one the instant a new
+        # window starts, and a sprayer who times the boundary would get an extra attempt.
+        return math.ceil(previous * previous_weight + current)
 
     def _drop_expired(self, period: int, window: int) -> None:
         made = self._made.get(period)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import sys
+import time
 import uuid
 
 import httpx
@@ -128,3 +130,15 @@ async def test_the_sliding_window_refuses_past_the_limit_and_clears() -> None:
     await limiter.check("selfie", "8")
     await limiter.clear("selfie", "7")
     await limiter.hit("selfie", "7")
+
+
+async def test_hits_just_before_a_new_window_still_count_just_after_it() -> None:
+    limiter = RateLimiter(storage_url="memory://", rules={"login_ip": ("3/second", "Too many.")})
+    # Start just after a window begins, so all three hits fall in it.
+    await asyncio.sleep(math.ceil(time.time()) - time.time() + 0.01)
+    for _ in range(3):
+        await limiter.hit("login_ip", "127.0.0.5")
+    # Just after the next window begins, those hits still weigh almost fully.
+    await asyncio.sleep(math.ceil(time.time()) - time.time() + 0.001)
+    with pytest.raises(RateLimited):
+        await limiter.hit("login_ip", "127.0.0.5")
