@@ -6,7 +6,9 @@ On the crowd scenes of tests/crowd.py (the shared faces small, masked, tilted, d
 cut by the frame, 1920 px wide and upscaled to 6000 px like a 24 MP camera JPEG) and on the
 synthetic 24 MP group shots of tests/shared_faces.py. Detection alone (decoding + scan,
 `find_faces`) is timed in CPU seconds of this process, best of two runs; the group shots are also
-analysed whole (descriptors and matching). Figures in docs/RECOGNITION.md, "Detectors".
+analysed whole (descriptors and matching). Last, the whole engine (decode, detection,
+descriptors, thumbnail) on the 24 MP camera photos of bench/pipeline.py, the two detectors
+taking turns photo by photo. Figures in docs/RECOGNITION.md, "Detectors".
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TypeVar
 
 from PIL import Image
 
+from bench.pipeline import camera_photos
 from findme.engines.local.detectors import CnnDetector, cnn_available
 from findme.engines.local.faces import (
     DEFAULT_MATCH_THRESHOLD,
@@ -26,10 +29,13 @@ from findme.engines.local.faces import (
     descriptor_distance,
     find_faces,
 )
+from findme.settings import Settings
 from tests.crowd import SCENE_SIZE, CrowdScene, MarkedFace, crowd_scenes, scaled, score
 from tests.shared_faces import faces_dir, group_shot, iou, manifest, rightly_matched
 
 MIN_FACE_PX = 120  # the settings default
+THUMBNAIL_PX = Settings.thumbnail_px
+CAMERA_PHOTOS = 12
 CAMERA_PX = 6000
 DETECTORS = ("hog", "cnn")
 _T = TypeVar("_T")
@@ -132,6 +138,28 @@ def descriptor_agreement() -> None:
     )
 
 
+def camera_engine() -> None:
+    """Core-seconds of the whole engine per 24 MP camera photo, as a worker's process runs it
+    (best of two runs each, so loading the models is not counted)."""
+    paths = camera_photos(CAMERA_PHOTOS)
+    spent = dict.fromkeys(DETECTORS, 0.0)
+    found = dict.fromkeys(DETECTORS, 0)
+    for path in paths:
+        data = path.read_bytes()
+        for name in DETECTORS:
+            seconds, analysis = cpu_timed(
+                lambda d=data, n=name: analyse_photo(
+                    d, min_face_px=MIN_FACE_PX, thumbnail_px=THUMBNAIL_PX, detector=n
+                )
+            )
+            spent[name] += seconds
+            found[name] += len(analysis.faces)
+    print(f"\nWhole engine per 24 MP camera photo, {len(paths)} photos, min face {MIN_FACE_PX} px:")
+    for name in DETECTORS:
+        print(f"  {name:4} {spent[name] / len(paths):.3f} core-s, {found[name]} faces")
+    print(f"  CNN / HOG: {spent['cnn'] / spent['hog']:.0%}")
+
+
 def main() -> None:
     if not cnn_available():
         raise SystemExit("The CNN detector (yuface) cannot be imported here: nothing to compare.")
@@ -152,6 +180,7 @@ def main() -> None:
     scan_sizes(scenes)
     group_shots(members, people)
     descriptor_agreement()
+    camera_engine()
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import subprocess
 import sys
@@ -14,12 +15,14 @@ import yuface
 from PIL import Image, ImageOps
 
 from findme.engines.local.detectors import (
-    CNN_TILE_PX,
+    CNN_TILE_OVERLAP_PX,
+    CNN_TILE_PIXELS,
     CnnDetector,
     HogDetector,
     available_detector,
     make_detector,
 )
+from findme.engines.local.detectors import _tiles as tiles_of
 from findme.engines.local.faces import (
     UnreadableImage,
     analyse_photo,
@@ -150,8 +153,8 @@ def test_boxes_partly_outside_the_image_are_clipped_to_it():
 
 def test_a_scan_over_the_tile_size_is_tiled_and_finds_each_face_once():
     image = scene_image("plain")
-    scale = 1.25  # 2400 px: over CNN_TILE_PX, so scanned in overlapping tiles
-    assert max(image.size) * scale > CNN_TILE_PX
+    scale = 1.25  # 2400x1600: over CNN_TILE_PIXELS, so scanned in overlapping tiles
+    assert image.width * image.height * scale**2 > CNN_TILE_PIXELS
     tiled = CnnDetector().detect(image, scale=scale)
     # What the wheel finds in the same scan taken whole, in the photo's pixels.
     scan = image.resize((round(image.width * scale), round(image.height * scale)))
@@ -168,6 +171,28 @@ def test_a_scan_over_the_tile_size_is_tiled_and_finds_each_face_once():
     assert len(tiled) == len(whole)
     for box in whole:
         assert sum(iou(d.box, box) > 0.5 for d in tiled) == 1, box
+
+
+@pytest.mark.parametrize(
+    "size", [(1600, 1067), (1067, 1600), (2400, 1600), (3200, 2134), (1281, 800), (4000, 300)]
+)
+def test_tiles_cover_the_scan_overlapping_enough_within_the_pixel_budget(size):
+    scan = Image.new("RGB", size)
+    grid = tiles_of(scan)
+    assert len(grid) > 1
+    covered = np.zeros((size[1], size[0]), np.uint8)
+    for tile in grid:
+        assert tile.image.width * tile.image.height <= CNN_TILE_PIXELS
+        right, bottom = tile.left + tile.image.width, tile.top + tile.image.height
+        assert right <= size[0] and bottom <= size[1]
+        covered[tile.top : bottom, tile.left : right] += 1
+    assert covered.min() >= 1
+    # Any face narrower than the overlap lies whole inside some tile.
+    lefts = sorted({t.left for t in grid})
+    tops = sorted({t.top for t in grid})
+    width, height = grid[0].image.size
+    assert all(b - a <= width - CNN_TILE_OVERLAP_PX for a, b in itertools.pairwise(lefts))
+    assert all(b - a <= height - CNN_TILE_OVERLAP_PX for a, b in itertools.pairwise(tops))
 
 
 def test_a_face_too_large_for_the_scan_is_found_once_whole():

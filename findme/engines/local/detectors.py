@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -47,9 +48,16 @@ MIN_SCAN_PX = 1600
 MAX_UPSCALE = 2.0
 # The coarse pass of the CNN: faces of 6-60 % of the long side, at the cost of a 640 px scan.
 CNN_COARSE_SCAN_PX = 640
-# Scans larger than this are cut into overlapping tiles: the CNN needs ~45 bytes per pixel
-# (100 MB at 1600x1067, 720 MB at 4800x3200) and its boxes are 16-bit.
-CNN_TILE_PX = 2048
+# The CNN's cost per pixel nearly doubles once its feature maps outgrow the core's cache: ~140 ns
+# a pixel up to 800x800, 200-255 ns from 960x960 (2 MB of L2 per core; docs/RECOGNITION.md). A
+# larger scan is cut into a grid of tiles of at most this many pixels.
+CNN_TILE_PIXELS = 640_000
+# Tiles overlap by this many scanned pixels, so a face narrower than that is whole in one tile;
+# wider faces are the coarse pass's (51 px there at a 1600 px scan, well within its reach).
+CNN_TILE_OVERLAP_PX = 128
+# A detection this close to an edge shared with another tile is a face cut by it: the
+# neighbouring tile, or the coarse pass, holds it whole.
+_TILE_EDGE_PX = 4
 # Selfies are close-ups: HOG finds a face of 1/13 of a 1024 px scan; the CNN, at 640 px, faces
 # from 1/20 to 3/5 of the long side.
 HOG_SELFIE_SCAN_PX = 1024
@@ -149,34 +157,40 @@ class CnnDetector:
     def detect(self, pixels: Image.Image, *, scale: float) -> list[Detection]:
         rgb = pixels if pixels.mode == "RGB" else pixels.convert("RGB")
         scan = _resized(rgb, scale)
-        found = self._scan(
-            scan, to_pixels=(rgb.width / scan.width, rgb.height / scan.height), size=rgb.size
-        )
+        to_pixels = (rgb.width / scan.width, rgb.height / scan.height)
+        tiles = _tiles(scan)
+        found = self._scan(tiles, to_pixels=to_pixels, size=rgb.size)
         if max(scan.size) > 2 * CNN_COARSE_SCAN_PX:
-            # Faces too large for this scan: a quick look at the whole photo, keeping only the
-            # large faces, since the fine scan sees small ones better.
-            coarse = _resized(rgb, CNN_COARSE_SCAN_PX / max(rgb.size))
-            to_pixels = (rgb.width / coarse.width, rgb.height / coarse.height)
-            smallest = CNN_LARGEST_FACE_PX / 2 / scan.width * rgb.width
+            # Faces too large for the tiles or the scan: a quick look at the whole photo, keeping
+            # only the large faces, since the fine scan sees small ones better. Resized from the
+            # scan, which is far smaller than the photo and sharp enough for faces this size.
+            coarse = _resized(scan, CNN_COARSE_SCAN_PX / max(scan.size))
+            smallest = CNN_TILE_OVERLAP_PX * to_pixels[0]
             found += [
                 d
-                for d in self._scan(coarse, to_pixels=to_pixels, size=rgb.size)
+                for d in self._scan(
+                    [_Tile(0, 0, coarse, coarse.size)],
+                    to_pixels=(rgb.width / coarse.width, rgb.height / coarse.height),
+                    size=rgb.size,
+                )
                 if d.box[2] - d.box[0] >= smallest
             ]
         return _suppress_overlaps(found)
 
     def _scan(
         self,
-        scan: Image.Image,
+        tiles: list[_Tile],
         *,
         to_pixels: tuple[float, float],
         size: tuple[int, int],
     ) -> list[Detection]:
-        """Detections of `scan`, tiled if large, as boxes in the caller's pixels."""
+        """Detections of the tiles of one scan, as boxes in the caller's pixels."""
         found = []
-        for left, top, tile in _tiles(scan):
-            for x, y, w, h, score in self._run(tile):
-                box = (left + x, top + y, left + x + w, top + y + h)
+        for tile in tiles:
+            for x, y, w, h, score in self._run(tile.image):
+                if tile.leaves(x, y, w, h):
+                    continue
+                box = (tile.left + x, tile.top + y, tile.left + x + w, tile.top + y + h)
                 clipped = _clipped(box, to_pixels, size)
                 if clipped is not None:
                     found.append(Detection(box=clipped, score=score))
@@ -199,30 +213,72 @@ class CnnDetector:
         ]
 
 
-def _tiles(scan: Image.Image) -> list[tuple[int, int, Image.Image]]:
-    """The scan itself, or overlapping tiles of at most CNN_TILE_PX: (left, top, tile)."""
-    if max(scan.size) <= CNN_TILE_PX:
-        return [(0, 0, scan)]
-    # Tiles overlap by the largest face the scan finds, so every face is whole in one tile.
-    step = CNN_TILE_PX - CNN_LARGEST_FACE_PX
-    lefts = range(0, max(1, scan.width - CNN_LARGEST_FACE_PX), step)
-    tops = range(0, max(1, scan.height - CNN_LARGEST_FACE_PX), step)
-    return [
-        (
-            left,
-            top,
-            scan.crop(
-                (
-                    left,
-                    top,
-                    min(scan.width, left + CNN_TILE_PX),
-                    min(scan.height, top + CNN_TILE_PX),
-                )
-            ),
+@dataclass(frozen=True)
+class _Tile:
+    left: int
+    top: int
+    image: Image.Image
+    # the size of the scan the tile was cut from
+    scan_size: tuple[int, int]
+
+    def leaves(self, x: int, y: int, w: int, h: int) -> bool:
+        """Whether a box (in the tile's pixels) is better left to a neighbour or the coarse pass:
+        it touches an edge shared with another tile, or is too wide to be whole in one tile."""
+        if self.image.size == self.scan_size:
+            return False
+        right, bottom = self.left + self.image.width, self.top + self.image.height
+        return (
+            w >= CNN_TILE_OVERLAP_PX
+            or (self.left > 0 and x <= _TILE_EDGE_PX)
+            or (self.top > 0 and y <= _TILE_EDGE_PX)
+            or (right < self.scan_size[0] and x + w >= self.image.width - _TILE_EDGE_PX)
+            or (bottom < self.scan_size[1] and y + h >= self.image.height - _TILE_EDGE_PX)
         )
+
+
+def _tiles(scan: Image.Image) -> list[_Tile]:
+    """The scan itself, or the grid of overlapping tiles that covers it with the fewest pixels.
+
+    Only scans the coarse pass also looks at are tiled: it finds the faces wider than the overlap.
+    """
+    if scan.width * scan.height <= CNN_TILE_PIXELS or max(scan.size) <= 2 * CNN_COARSE_SCAN_PX:
+        return [_Tile(0, 0, scan, scan.size)]
+    width, height, lefts, tops = _grid(scan.size)
+    return [
+        _Tile(left, top, scan.crop((left, top, left + width, top + height)), scan.size)
         for top in tops
         for left in lefts
     ]
+
+
+def _grid(size: tuple[int, int]) -> tuple[int, int, list[int], list[int]]:
+    """Tile width and height, and the tiles' lefts and tops, for a scan of `size`."""
+    best: tuple[int, int, int, int, int] | None = None
+    for columns in range(1, size[0] // CNN_TILE_OVERLAP_PX + 2):
+        width = _tile_span(size[0], columns)
+        for rows in range(1, size[1] // CNN_TILE_OVERLAP_PX + 2):
+            height = _tile_span(size[1], rows)
+            covered = columns * width * rows * height
+            if width * height <= CNN_TILE_PIXELS and (best is None or covered < best[0]):
+                best = (covered, columns, width, rows, height)
+    # A tile of the overlap's size squared always fits, so the search always finds a grid.
+    assert best is not None
+    _, columns, width, rows, height = best
+    return width, height, _starts(size[0], width, columns), _starts(size[1], height, rows)
+
+
+def _tile_span(length: int, count: int) -> int:
+    """How long each of `count` tiles must be to cover `length` overlapping by the overlap."""
+    if count == 1:
+        return length
+    return min(length, math.ceil((length - CNN_TILE_OVERLAP_PX) / count) + CNN_TILE_OVERLAP_PX)
+
+
+def _starts(length: int, span: int, count: int) -> list[int]:
+    if count == 1:
+        return [0]
+    # Spread evenly: neighbours overlap by at least the overlap, the last tile ends at the edge.
+    return [(length - span) * index // (count - 1) for index in range(count)]
 
 
 def _resized(image: Image.Image, scale: float) -> Image.Image:

@@ -215,8 +215,8 @@ def find_faces(
     width, height, scale, pixels = _decode(
         data, found_by, found_by.photo_scale(*_peek_size(data), min_face_px=min_face_px)
     )
+    found, _ = _detect(found_by, pixels, scale * width / pixels.width)
     to_full = (width / pixels.width, height / pixels.height)
-    found = found_by.detect(pixels, scale=scale * width / pixels.width)
     return FoundFaces(
         width=width,
         height=height,
@@ -240,7 +240,9 @@ def _analyse(
     )
     # Boxes come back in decoded pixels, which the descriptor reads; stored boxes are in the
     # full-resolution pixels of the oriented photo.
-    found = detector.detect(pixels, scale=scale * width / pixels.width)
+    found, reduced = _detect(
+        detector, pixels, scale * width / pixels.width, least_px=thumbnail_px or 0
+    )
     to_full = (width / pixels.width, height / pixels.height)
     faces = [
         DetectedFace(
@@ -260,8 +262,29 @@ def _analyse(
         time.perf_counter() - started,
         extra={"action": "analyse_image"},
     )
-    thumbnail = None if thumbnail_px is None else encode_thumbnail(pixels, thumbnail_px)
+    thumbnail = None if thumbnail_px is None else encode_thumbnail(reduced, thumbnail_px)
     return FaceAnalysis(width=width, height=height, faces=tuple(faces), thumbnail=thumbnail)
+
+
+def _detect(
+    detector: Detector, pixels: Image.Image, scale: float, *, least_px: int = 0
+) -> tuple[list[Detection], Image.Image]:
+    """The faces in `pixels` scanned at `scale` (boxes in its pixels), and the reduced copy the
+    detector read, at least `least_px` on the longer side."""
+    # A 24 MP photo is decoded whole for the descriptors, but the scan and the thumbnail need a
+    # fraction of it: one box reduction by a whole factor reads the photo once, and each of them
+    # resizes from that copy rather than from the photo.
+    factor = max(1, min(math.floor(1 / scale), max(pixels.size) // max(1, least_px)))
+    if factor == 1:
+        return detector.detect(pixels, scale=scale), pixels
+    reduced = pixels.reduce(factor)
+    back = (pixels.width / reduced.width, pixels.height / reduced.height)
+    found = []
+    for detection in detector.detect(reduced, scale=scale * pixels.width / reduced.width):
+        box = _full_box(detection.box, back, pixels.size)
+        if box[2] > box[0] and box[3] > box[1]:
+            found.append(Detection(box=box, score=detection.score))
+    return found, reduced
 
 
 def _peek_size(data: bytes) -> tuple[int, int]:
