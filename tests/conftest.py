@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -20,6 +20,11 @@ import uvicorn
 from findme.cli import server_config
 from findme.migrations import migrate
 from findme.settings import Settings
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
+    from tests.browser import Contexts
 
 PG_HOST = os.environ.get("FINDME_TEST_PGHOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FINDME_TEST_PGPORT", "5432"))
@@ -212,3 +217,28 @@ def make_event() -> Callable[..., Awaitable[dict[str, Any]]]:
 
 def with_settings(settings: Settings, **changes: Any) -> Settings:
     return replace(settings, **changes)
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    # Imported here, so that only a run with browser tests loads Playwright.
+    from playwright.async_api import async_playwright, expect
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    expect.set_options(timeout=15_000)
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+@pytest.fixture
+async def contexts(browser: Browser) -> AsyncIterator[Contexts]:
+    from tests.browser import Contexts
+
+    opened = Contexts(browser)
+    yield opened
+    await opened.close()
