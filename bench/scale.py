@@ -50,6 +50,7 @@ from bench.pipeline import my_photo_names
 from findme.auth import Principal, hash_password
 from findme.db import JobKind, User
 from findme.domain import photos
+from findme.domain.access import gallery_member
 from findme.domain.events import my_matching
 from findme.engines.local.faces import DESCRIPTOR_BYTES
 from findme.jobs import ClaimedJob, claim
@@ -457,8 +458,12 @@ async def explain(database_url: str, crowd: Crowd, joiner: Joiner, *, plans: boo
                             session, user_id=reader.id, **window, limit=PAGE + 1
                         )
                     else:
-                        await photos.gallery_items(
-                            session, Principal(reader), **window, limit=PAGE + 1
+                        # As the route runs it: whose gallery it is, then that page.
+                        member_id = await gallery_member(
+                            state, session, Principal(reader), crowd.event_id
+                        )
+                        await photos.event_gallery_items(
+                            session, member_id=member_id, **window, limit=PAGE + 1
                         )
             label[0] = "late joiner: the workers' claim"
             await claim(state.db, token_prefix="bench", limit=3, lease_s=60)

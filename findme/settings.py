@@ -327,8 +327,11 @@ class Settings:
     s3_prefix: str = field(
         default="", metadata=env("FINDME_S3_PREFIX", doc="key prefix of the photos' objects")
     )
+    # 10, not SQLAlchemy's 5: eight readers at once already overflowed 5, and every overflow
+    # connection is opened and closed per request (twice the member gallery's throughput at 10;
+    # docs/BENCHMARKS.md, "Lists").
     db_pool_size: int = field(
-        default=5,
+        default=10,
         metadata=env(
             "FINDME_DB_POOL_SIZE",
             doc="PostgreSQL connection pool",

@@ -113,8 +113,19 @@ _GALLERY_PAGE = (
     .order_by(Photo.id)
     .limit(bindparam("limit"))
 )
-_MEMBER_GALLERY_PAGE = _GALLERY_PAGE.join(FaceMatch, FaceMatch.photo_id == Photo.id).where(
-    FaceMatch.user_id == bindparam("member_id"), FaceMatch.event_id == bindparam("event_id")
+# A member's own gallery walks their matches, not the event's photos: the cursor and the order
+# are on face_matches' (user_id, event_id, photo_id) index, so a page reads its own rows only,
+# however large the event and however few photos the member is in.
+_MEMBER_GALLERY_PAGE = (
+    select(*PHOTO_COLUMNS)
+    .join(FaceMatch, FaceMatch.photo_id == Photo.id)
+    .where(
+        FaceMatch.user_id == bindparam("member_id"),
+        FaceMatch.event_id == bindparam("event_id"),
+        FaceMatch.photo_id > bindparam("cursor"),
+    )
+    .order_by(FaceMatch.photo_id)
+    .limit(bindparam("limit"))
 )
 
 
@@ -163,10 +174,12 @@ def _matched_photo_json(row: Any) -> dict[str, Any]:
     return photo_json(row) | {"matched_at": iso(row.matched_at), "faces": row.faces}
 
 
+# The cursor and the order are on the match's photo_id (the same value as the photo's id), which
+# the index of face_matches holds: a deep page no longer reads all of the member's matches.
 _MY_PAGE = (
     _matched_photos()
-    .where(FaceMatch.user_id == bindparam("user_id"), Photo.id > bindparam("cursor"))
-    .order_by(Photo.id)
+    .where(FaceMatch.user_id == bindparam("user_id"), FaceMatch.photo_id > bindparam("cursor"))
+    .order_by(FaceMatch.photo_id)
     .limit(bindparam("limit"))
 )
 _MY_EVENT_PAGE = _MY_PAGE.where(FaceMatch.event_id == bindparam("event_id"))
