@@ -8,8 +8,13 @@ sessions and tokens still stand (one more), then hands each stream its rows. One
 a time, so live streams never hold more than one pooled connection; news that arrives during a
 read is served by the next one.
 
-A stream reads its backlog itself (`catching up`), then goes live: news that came meanwhile is
-remembered and served as soon as it is.
+A stream's backlog (the matches made since the id it resumes after) is read the same way, with
+every other stream that connects meanwhile: after a restart, thousands of pages reconnecting at
+once cost a few batched reads, not two queries each. The first delivery to a stream, empty or
+not, says it has caught up.
+
+News can be lost (a dropped LISTEN connection), so every RECHECK_S the hub also looks at every
+stream, in one read: the new matches, and whether each session or token still stands.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 Rows = list[tuple[int, dict[str, Any]]]
 
+# How often every stream is looked at, news or not: in case news was lost.
+RECHECK_S = 60.0
+
 
 class SessionEnded(Exception):
     """The stream's session or token no longer stands."""
@@ -48,14 +56,8 @@ class Follower:
     event_id: int | None
     after: int
     inbox: asyncio.Queue[Rows | Exception] = field(default_factory=asyncio.Queue)
-    live: bool = False
-    missed: bool = False
-
-    def go_live(self, after: int) -> bool:
-        """Caught up to `after`: from here the hub reads for this stream. Whether news came
-        while it caught up (then it must be woken)."""
-        self.after, self.live = after, True
-        return self.missed
+    # Whether it has had its backlog (its first delivery, which may be empty).
+    caught_up: bool = False
 
 
 class StreamHub:
@@ -65,12 +67,16 @@ class StreamHub:
         self._followers: dict[int, set[Follower]] = defaultdict(set)
         self._due: set[Follower] = set()
         self._reader: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def follow(self, follower: Follower) -> AsyncIterator[Follower]:
-        """Woken by news of the follower's matches or account while the block runs."""
+        """Sent its backlog, then woken by news of its matches or account, while the block runs."""
         followers = self._followers[follower.principal.id]
         followers.add(follower)
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.create_task(self._sweep_while_followed())
+        self.wake(follower)
         try:
             yield follower
         finally:
@@ -87,18 +93,25 @@ class StreamHub:
 
     def wake(self, follower: Follower) -> None:
         """Have the next read look at this stream (now, if none is running)."""
-        if not follower.live:
-            follower.missed = True
-            return
         self._due.add(follower)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read_while_due())
 
     async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._sweeper, self._reader):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _sweep_while_followed(self) -> None:
+        """Every RECHECK_S, one read for every stream: one timer for the process, not one per
+        stream, so thousands of idle pages cost one batched read a minute."""
+        while self._followers:
+            await asyncio.sleep(RECHECK_S)
+            for followers in self._followers.values():
+                for follower in followers:
+                    self.wake(follower)
 
     async def _read_while_due(self) -> None:
         while self._due:
@@ -137,4 +150,6 @@ class StreamHub:
             ]
             if rows:
                 follower.after = rows[-1][0]
+            if rows or not follower.caught_up:
+                follower.caught_up = True
                 follower.inbox.put_nowait(rows)

@@ -18,7 +18,7 @@ import pytest
 
 from findme.db import Database, Role
 from findme.domain.accounts import create_user
-from findme.routes.stream import RECHECK_S
+from findme.stream_hub import RECHECK_S
 from tests.conftest import PASSWORD, Server, serve, with_settings
 from tests.scenes import EventStream, add_matches, join, jpeg, open_stream, upload
 

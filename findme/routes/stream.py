@@ -7,12 +7,12 @@ writes under the event's advisory lock), so "id greater than" loses nothing.
 
 A stream lives no longer than what signed it in. Sign-out, revocation of its API token and
 erasure send ACCOUNTS news (to every instance, through NOTIFY); a session's expiry is a deadline
-of its own; and the stream also looks again every RECHECK_S, in case news was lost. Once caught
-up, a stream is woken by the process's stream hub (findme/stream_hub.py), which reads for all
-the streams a burst of news concerns at once: the new matches first and whether each session
-or token still stands second, so a match committed after a sign-out is never sent: the check
-then sees the sign-out. The last message is an `end` event, and the browser's reconnection
-gets a 401.
+of its own; and the process's stream hub (findme/stream_hub.py) looks at every stream every
+RECHECK_S, in case news was lost. The hub also reads each stream's backlog and every later
+burst of news, for all the streams concerned at once: the new matches first and whether each
+session or token still stands second, so a match committed after a sign-out is never sent: the
+check then sees the sign-out. The last message is an `end` event, and the browser's
+reconnection gets a 401.
 
 Set-up is cheap and bounded: each database read holds a pooled connection for that read only,
 and past FINDME_MAX_STREAMS (by default what the open-file limit leaves room for) a new stream
@@ -39,17 +39,16 @@ from findme.auth import Principal
 from findme.capacity import StreamSlots
 from findme.db import utcnow
 from findme.domain.access import event_for
-from findme.domain.photos import my_matches_after
 from findme.routes.common import api, app_state, int_param, require_user
 from findme.services import AppState
 from findme.stream_hub import Follower, Rows, SessionEnded
 
-PING_S = 15
+# Keep-alive comments: proxies close connections idle for 60 s by default (nginx's
+# proxy_read_timeout, AWS load balancers), so 30 s keeps a page open through them at half the
+# writes of a 15 s ping (thousands of idle pages: docs/BENCHMARKS.md, "Live pages").
+PING_S = 30
 RECONNECT_MS = 3000
 SHUTDOWN_GRACE_S = 2.0
-BATCH = 100
-# How often an idle stream checks that its session or token still stands, news or not.
-RECHECK_S = 60.0
 
 
 class _SlotResponse(EventSourceResponse):
@@ -128,30 +127,15 @@ async def _match_events(
 ) -> AsyncIterator[ServerSentEvent]:
     expires_at = principal.session.expires_at if principal.session is not None else None
     ended = ServerSentEvent(json.dumps({"reason": "session_ended"}), event="end")
-    # Followed before the first read: news that comes while we catch up wakes us after it.
     follower = Follower(principal=principal, event_id=event_id, after=after)
+    # The hub's first delivery is the backlog, then come the matches of each later burst.
+    backlog_sent = False
     async with state.streams.follow(follower):
         yield ServerSentEvent(comment="FindMe live matches", retry=RECONNECT_MS)
-        # The backlog, read by this stream itself in batches.
-        while True:
-            rows = await _matches_after(state, user_id=principal.id, event_id=event_id, after=after)
-            # After the read, not before: see the module's docstring.
-            if not await state.auth.still_signed_in(principal):
-                yield ended
-                return
-            for match_id, item in rows:
-                yield ServerSentEvent(json.dumps(item), id=str(match_id))
-                after = match_id
-            if len(rows) < BATCH:
-                break
-        yield ServerSentEvent(json.dumps({"after": after}), event="ready")
-        # Live: the hub reads for every woken stream at once and hands us our rows.
-        if follower.go_live(after):
-            state.streams.wake(follower)
         while not stop.is_set():
-            delivery = await _next_delivery(follower, stop, timeout_s=_recheck_in_s(expires_at))
+            delivery = await _next_delivery(follower, stop, timeout_s=_until_expiry(expires_at))
             if delivery is None:
-                # No news for a while, or the session's expiry: look again anyway.
+                # The session's expiry: look again, to find it expired.
                 state.streams.wake(follower)
             elif isinstance(delivery, SessionEnded):
                 yield ended
@@ -161,10 +145,14 @@ async def _match_events(
             else:
                 for match_id, item in delivery:
                     yield ServerSentEvent(json.dumps(item), id=str(match_id))
+                    after = match_id
+                if not backlog_sent:
+                    backlog_sent = True
+                    yield ServerSentEvent(json.dumps({"after": after}), event="ready")
 
 
 async def _next_delivery(
-    follower: Follower, stop: anyio.Event, *, timeout_s: float
+    follower: Follower, stop: anyio.Event, *, timeout_s: float | None
 ) -> Rows | Exception | None:
     """What the hub has for this stream; None after `timeout_s` or once the server stops."""
     delivery = asyncio.ensure_future(follower.inbox.get())
@@ -180,21 +168,12 @@ async def _next_delivery(
     return delivery.result() if delivery.done() and not delivery.cancelled() else None
 
 
-def _recheck_in_s(expires_at: dt.datetime | None) -> float:
-    """Seconds until the next look at the session: its expiry, or RECHECK_S if sooner."""
+def _until_expiry(expires_at: dt.datetime | None) -> float | None:
+    """Seconds until the session expires (None: an API token, which does not)."""
     if expires_at is None:
-        return RECHECK_S
+        return None
     # A hair past the expiry, so the look after it finds the session expired.
-    return min(RECHECK_S, max(0.0, (expires_at - utcnow()).total_seconds()) + 0.05)
-
-
-async def _matches_after(
-    state: AppState, *, user_id: int, event_id: int | None, after: int
-) -> list[tuple[int, dict[str, Any]]]:
-    async with state.db.sessions() as session:
-        return await my_matches_after(
-            session, user_id=user_id, event_id=event_id, after=after, limit=BATCH
-        )
+    return max(0.0, (expires_at - utcnow()).total_seconds()) + 0.05
 
 
 routes = [
