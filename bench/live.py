@@ -334,7 +334,9 @@ async def measure(srv, matcher, users, cookies, photos, port, args, database_url
     print(f"{len(pages)} pages open and ready in {time.perf_counter() - started:.1f} s")
     await asyncio.sleep(5)
     print(f"server memory: +{(srv.rss_kb() - rss_before) / 1024:.0f} MB for the open pages")
-    print(f"server CPU, pages idle: {await server_cpu(srv.process.pid, 10) * 100:.1f} % of a core")
+    # A minute: two keep-alive pings per page and the stream hub's one look at every page.
+    idle = await server_cpu(srv.process.pid, 60)
+    print(f"server CPU, pages idle (60 s): {idle * 100:.1f} % of a core")
 
     poller = httpx.AsyncClient(base_url=srv.url, cookies={"findme_session": cookies[0]}, timeout=30)
     stop = asyncio.Event()
