@@ -19,8 +19,10 @@ run: install
 services:
 	@scripts/test-services.sh
 
+# One worker per core, each with whole test files (their module fixtures are computed once):
+# much of the suite waits on servers, browsers and mail rather than computing.
 test: install services
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto --dist loadfile
 
 # Every benchmark, each printing its figures (docs/BENCHMARKS.md); about ten minutes on 2 cores
 # the first time (test photos are generated and cached in bench/.cache), less afterwards.
