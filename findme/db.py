@@ -24,6 +24,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     event,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
@@ -196,6 +197,21 @@ class PasswordReset(Base):
     used_at: Mapped[dt.datetime | None]
 
 
+class SignInLink(Base):
+    """A one-time sign-in link emailed to a member of an event that allows it; only its hash is
+    kept."""
+
+    __tablename__ = "sign_in_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime]
+    used_at: Mapped[dt.datetime | None]
+
+
 class Signup(Base):
     """A sign-up waiting for its emailed link: the account is created when the link is used.
 
@@ -239,6 +255,8 @@ class Event(Base):
         _enum(Joining), default=Joining.open, server_default=Joining.open.value
     )
     code_expires_at: Mapped[dt.datetime | None]
+    # Whether a member may sign in with a one-time link emailed to them instead of a password.
+    email_sign_in: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class EventMember(Base):
@@ -254,6 +272,11 @@ class EventMember(Base):
     # The face ids of the member's selfies in the event's cloud collection (space-separated, up
     # to three UUIDs and a marker), once indexed there.
     cloud_face_id: Mapped[str | None] = mapped_column(String(120))
+    # "Email me when new photos of me arrive": at most one mail an hour, covering the matches
+    # after the last one mailed.
+    notify_new_photos: Mapped[bool] = mapped_column(default=False, server_default=false())
+    notified_through_match_id: Mapped[int | None]
+    notified_at: Mapped[dt.datetime | None]
 
 
 class Photo(Base):
@@ -307,6 +330,27 @@ class FaceMatch(Base):
     face_id: Mapped[int | None] = mapped_column(ForeignKey("faces.id", ondelete="SET NULL"))
     distance: Mapped[float] = mapped_column(Float)
     matched_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Set when the member said "yes, this is me" to a suggestion: kept whatever the rule says.
+    confirmed_at: Mapped[dt.datetime | None]
+
+
+class MatchSuggestion(Base):
+    """ "Is this you?": a face just beyond the match threshold, offered to its nearest member,
+    shown to them as the face alone until they confirm."""
+
+    __tablename__ = "match_suggestions"
+    __table_args__ = (
+        UniqueConstraint("photo_id", "user_id"),
+        Index("ix_match_suggestions_user_id_event_id", "user_id", "event_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"))
+    distance: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class RejectedMatch(Base):
