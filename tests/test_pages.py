@@ -701,6 +701,9 @@ async def test_organiser_closes_joining_lets_the_code_expire_and_makes_a_new_cod
     await card_shot(organiser, "joining-closed-desktop")
     guest = await (await contexts(server.url, "phone")).new_page()
     await guest.goto(join_url)
+    # Signed out, the link says so too, and offers those who joined before to sign in.
+    await expect(guest.get_by_test_id("error-detail")).to_have_text(closed_sentence)
+    await guest.locator("main").get_by_role("link", name="Sign in").click()
     await sign_in(guest, guest_email)
     await expect(guest).to_have_url(join_url)
     await expect(guest.get_by_test_id("error-detail")).to_have_text(closed_sentence)
@@ -714,11 +717,11 @@ async def test_organiser_closes_joining_lets_the_code_expire_and_makes_a_new_cod
     await expect(desktop_guest.get_by_test_id("error-detail")).to_have_text(closed_sentence)
     await shot(desktop_guest, "join-closed", "desktop")
 
-    # Reopened, the same link leads on to joining (a selfie first, for this guest).
+    # Reopened, the same link leads on to joining (with a selfie, for this guest).
     await card.get_by_label("New guests can join").check()
     await expect(badge).to_have_text("Open")
     await guest.reload()
-    await expect(guest.get_by_test_id("take-selfie")).to_be_visible()
+    await expect(guest.get_by_role("button", name="Join and find my photos")).to_be_visible()
 
     # An expiry already past stops the code at once; cleared, the code works again.
     expires = card.get_by_label("The code stops working on")
@@ -768,7 +771,7 @@ async def test_organiser_closes_joining_lets_the_code_expire_and_makes_a_new_cod
     await expect(guest.get_by_role("heading", name="Check the event code")).to_be_visible()
     await expect(guest.get_by_test_id("error-detail")).to_contain_text("No event has this code")
     await guest.goto(f"/join/{new_code}")
-    await expect(guest.get_by_test_id("take-selfie")).to_be_visible()
+    await expect(guest.get_by_role("button", name="Join and find my photos")).to_be_visible()
 
     # The card, finished, on both screens.
     for size in SIZES:
