@@ -95,7 +95,7 @@ async def join_as_new_guest(request: Request) -> Response:
         403: "the event's organiser has not turned on sign-in by email (email_sign_in_off)",
         404: "no event has this code",
         429: "too many requests from this address or for this email; see Retry-After",
-        503: "email is not configured on this server",
+        503: "the event allows it, but email is no longer configured on this server",
     },
 )
 async def request_sign_in_link(request: Request) -> Response:
@@ -107,13 +107,14 @@ async def request_sign_in_link(request: Request) -> Response:
     await state.limits.hit("reset_ip", client_ip(request))
     # Counted for unknown emails too, so the limit says nothing about which exist.
     await state.limits.hit("reset_email", email)
-    if not state.mailer.configured:
-        raise EmailNotConfigured(
-            "Email is not configured on this FindMe server, so no sign-in link can be sent. "
-            "Sign in with your password."
-        )
     async with state.db.transaction() as session:
         event = await event_by_code(session, code)
+        # An event cannot turn it on without email; email may have been turned off since.
+        if event.email_sign_in and not state.mailer.configured:
+            raise EmailNotConfigured(
+                "Email is not configured on this FindMe server any more, so no sign-in link can "
+                "be sent. Sign in with your password."
+            )
         mail = await start_sign_in(session, site=site_url(request), email=email, event=event)
     response = json_response({"detail": link_sent(email)}, 202)
     if mail is not None:
