@@ -499,6 +499,21 @@ class Settings:
             minimum=60,
         ),
     )
+    notify_interval_s: int = field(
+        default=300,
+        metadata=env(
+            "FINDME_NOTIFY_INTERVAL_S",
+            doc="how often new-photo emails are looked for and sent",
+            minimum=1,
+        ),
+    )
+    notify_quiet_s: int = field(
+        default=120,
+        metadata=env(
+            "FINDME_NOTIFY_QUIET_S",
+            doc="a new-photo email waits until no new photo of the member arrived for this long",
+        ),
+    )
     rate_reset_ip: str = field(
         default="10/hour",
         metadata=env("FINDME_RATE_RESET_IP", doc="password-reset requests per address"),
