@@ -26,6 +26,7 @@ from findme.routes import (
     downloads,
     events,
     images,
+    notifications,
     ops,
     pages,
     photos,
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *stream.routes,
         *downloads.routes,
         *shares.routes,
+        *notifications.routes,
         *pages.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]

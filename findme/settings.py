@@ -447,7 +447,8 @@ class Settings:
         default="",
         metadata=env(
             "FINDME_SMTP_HOST",
-            doc="mail server for sign-up and password-reset emails; empty: email is not configured",
+            doc="mail server for sign-up, password-reset and new-photo emails; empty: email is "
+            "not configured",
             default_doc="empty",
         ),
     )
