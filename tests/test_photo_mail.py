@@ -317,15 +317,20 @@ async def test_the_switch_on_my_photos_and_the_unsubscribe_button(
     assert link is not None
 
     # The emailed link, opened anywhere (signed in or not): one button turns the emails off.
-    stranger = await (await contexts(server.url, "phone")).new_page()
+    stranger = await (await contexts(server.url, "desktop")).new_page()
     await stranger.goto(link.group(0))
     await expect(stranger.locator("main")).to_contain_text("Summer gala")
-    await shot(stranger, "unsubscribe", "phone")
+    await shot(stranger, "unsubscribe", "desktop")
     await stranger.get_by_role("button", name="Stop these emails").click()
     await expect(stranger.get_by_test_id("unsubscribed")).to_have_text(
         "You will get no more emails about Summer gala."
     )
-    await shot(stranger, "unsubscribed", "phone")
+    await shot(stranger, "unsubscribed", "desktop")
+    await stranger.get_by_role("link", name="My photos").last.click()
+    # Signed out, it asks to sign in first, then goes on to the event's photos.
+    await expect(stranger).to_have_url(
+        re.compile(rf"/login\?next=/my-photos%3Fevent_id%3D{event['id']}$")
+    )
     assert await setting(obama, event) is False
     await page.reload()
     await expect(switch).not_to_be_checked()

@@ -133,13 +133,13 @@ async def _membership(
     return member
 
 
-async def event_of_token(state: AppState, token: str) -> str:
-    """The name of the event an unsubscribe link is for (400 for a forged or damaged link;
-    a link of a deleted event still reads, as there is nothing left to send)."""
+async def event_of_token(state: AppState, token: str) -> tuple[int, str]:
+    """The id and name of the event an unsubscribe link is for (400 for a forged or damaged
+    link; a link of a deleted event still reads, as there is nothing left to send)."""
     _, event_id = _read_token(state.settings, token)
     async with state.db.sessions() as session:
         name = await session.scalar(select(Event.name).where(Event.id == event_id))
-    return name or "this event"
+    return event_id, name or "this event"
 
 
 async def unsubscribe(state: AppState, token: str) -> str:
@@ -150,7 +150,8 @@ async def unsubscribe(state: AppState, token: str) -> str:
         member = await session.get(EventMember, (event_id, user_id), with_for_update=True)
         if member is not None:
             member.notify_new_photos = False
-    return await event_of_token(state, token)
+    _, event_name = await event_of_token(state, token)
+    return event_name
 
 
 def unsubscribed_sentence(event_name: str) -> str:

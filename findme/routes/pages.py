@@ -217,13 +217,14 @@ async def unsubscribe(request: Request) -> Response:
     # one is a 400 here already) and the page's button turns the emails off.
     principal = await current_principal(request)
     token = request.path_params["token"]
-    event_name = await notifications.event_of_token(app_state(request), token)
+    event_id, event_name = await notifications.event_of_token(app_state(request), token)
     return render(
         request,
         "unsubscribe.html",
         principal,
         title="Stop new-photo emails",
         token=token,
+        event_id=event_id,
         event_name=event_name,
     )
 
