@@ -15,6 +15,7 @@ from playwright.async_api import expect
 from findme.db import Database, utcnow
 from findme.domain.notifications import send_new_photo_mails
 from findme.mail import Mailer
+from findme.notifier import Notifier
 from tests import test_passwords
 from tests.browser import shot, sign_in
 from tests.conftest import Server, free_port, serve
@@ -178,6 +179,23 @@ async def test_a_failed_send_is_retried_and_two_processes_send_once(server, gala
     assert [m["Subject"] for m in mails.messages] == ["2 new photos of you at Summer gala"]
 
 
+async def test_the_notifier_sends_each_interval_and_stops_with_its_process(
+    server, gala, inbox
+) -> None:
+    mails, _ = inbox
+    organiser, event, obama = gala["organiser"], gala["event"], gala["obama"]
+    await opt_in(obama, event)
+    await add_photos(server, organiser, event, "e01.jpg")
+    settings = dataclasses.replace(server.settings, notify_interval_s=1)
+    db = Database(settings)
+    try:
+        async with Notifier(db=db, mailer=Mailer(settings), settings=settings):
+            await mails.wait_for(1)
+    finally:
+        await db.aclose()
+    assert [m["Subject"] for m in mails.messages] == ["1 new photo of you at Summer gala"]
+
+
 async def test_unsubscribe_by_one_click_stops_the_emails_and_forged_links_are_refused(
     server, gala, inbox, anon
 ) -> None:
@@ -232,7 +250,20 @@ async def test_unsubscribe_by_one_click_stops_the_emails_and_forged_links_are_re
     assert response.json()["detail"] == "Send List-Unsubscribe=One-Click as a form."
     assert await setting(obama, event) is True
 
-    # What a mail program sends (RFC 8058): no cookie, no CSRF token, the token is enough.
+    # What a mail program sends (RFC 8058, as multipart/form-data or a urlencoded form): no
+    # cookie, no CSRF token, the token is enough.
+    boundary = "findme-test-boundary"
+    multipart = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="List-Unsubscribe"\r\n\r\n'
+        f"One-Click\r\n--{boundary}--\r\n"
+    )
+    response = await anon.post(
+        f"/api/unsubscribe/{token}",
+        content=multipart.encode(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 200, response.text
     response = await anon.post(f"/api/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
     assert response.status_code == 200, response.text
     assert response.json() == {"detail": "You will get no more emails about Summer gala."}
