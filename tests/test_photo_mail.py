@@ -341,6 +341,11 @@ async def test_the_switch_on_my_photos_and_the_unsubscribe_button(
     await page.reload()
     await expect(switch).to_be_checked()
     await shot(page, "my-photos-notify-switch", "phone")
+    desktop = await (await contexts(server.url, "desktop")).new_page()
+    await desktop.goto(f"/login?next=/my-photos%3Fevent_id%3D{event['id']}")
+    await sign_in(desktop, obama.user["email"])
+    await expect(desktop.get_by_label("Email me when new photos of me arrive")).to_be_checked()
+    await shot(desktop, "my-photos-notify-switch", "desktop")
 
     await add_photos(server, organiser, event, "e01.jpg")
     assert await mail_round(server.settings) == 1
