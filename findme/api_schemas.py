@@ -276,6 +276,18 @@ COMPONENTS: dict[str, Schema] = {
         "description": "the settings to change, at least one; the others stay as they are",
     },
     "JoinRequest": obj({"code": _text(max_chars=32)}),
+    "NotificationChange": obj(
+        {
+            "new_photos": {
+                "type": "boolean",
+                "description": "email me when new photos of me arrive (at most one an hour)",
+            }
+        }
+    ),
+    "UnsubscribeRequest": obj({"token": _text(max_chars=200)}),
+    "OneClickUnsubscribe": obj(
+        {"List-Unsubscribe": {"type": "string", "enum": ["One-Click"]}},
+    ),
     "SelfieUpload": obj(
         {
             "file": BINARY,
@@ -325,6 +337,16 @@ COMPONENTS.update(
         "SignedUp": obj({"user": _user, "next": URL_PATH}),
         "SignedInByLink": obj({"user": _user, "csrf_token": TEXT, "next": URL_PATH}),
         "Detail": obj({"detail": TEXT}),
+        "NotificationSetting": obj(
+            {
+                "new_photos": {"type": "boolean"},
+                "available": {
+                    "type": "boolean",
+                    "description": "whether this server can send email (false: the setting "
+                    "cannot be turned on)",
+                },
+            }
+        ),
         "Me": obj(
             {
                 "user": _user,

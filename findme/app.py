@@ -27,6 +27,7 @@ from findme.routes import (
     events,
     images,
     joining,
+    notifications,
     ops,
     pages,
     photos,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *stream.routes,
         *downloads.routes,
         *shares.routes,
+        *notifications.routes,
         *pages.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"),
     ]

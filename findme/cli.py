@@ -119,17 +119,18 @@ def _process(settings: Settings, args: argparse.Namespace) -> int:
     """Run the workers without the web server: until stopped, or until the queue is empty."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from findme.services import build_pipeline, open_services
+    from findme.services import build_notifier, build_pipeline, open_services
 
     async def work() -> int:
         async with open_services(settings, run_workers=False) as state:
             pipeline = build_pipeline(state)
             if not args.burst:
-                await pipeline.start()
-                try:
-                    await asyncio.Event().wait()
-                finally:
-                    await pipeline.stop()
+                async with build_notifier(state):
+                    await pipeline.start()
+                    try:
+                        await asyncio.Event().wait()
+                    finally:
+                        await pipeline.stop()
             with Progress(
                 "[progress.description]{task.description}",
                 BarColumn(),

@@ -28,6 +28,8 @@ class Mail:
     text: str
     # What must never reach a production log (a one-time link): withheld there.
     secret: str = ""
+    # More headers, as (name, value): List-Unsubscribe on new-photo emails.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Mailer:
@@ -89,5 +91,7 @@ class Mailer:
         message["From"] = self._settings.mail_from
         message["To"] = mail.to
         message["Subject"] = mail.subject
+        for name, value in mail.headers:
+            message[name] = value
         message.set_content(mail.text)
         return message

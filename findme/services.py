@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import make_url
@@ -14,10 +14,12 @@ from findme.auth import Authenticator
 from findme.cache import Caches
 from findme.capacity import StreamSlots, open_files
 from findme.db import Database, JobKind
+from findme.domain.notifications import available as notifications_available
 from findme.engines import Engine, open_engine
 from findme.jobs import ClaimedJob
 from findme.live import ACCOUNTS, PHOTOS, MatchFeed
 from findme.mail import Mailer
+from findme.notifier import Notifier
 from findme.pipeline import Pipeline
 from findme.ratelimit import RateLimiter
 from findme.settings import Settings
@@ -118,7 +120,15 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             stack.callback(warm_up.cancel)
             state.pipeline = build_pipeline(state)
             await stack.enter_async_context(state.pipeline)
+            await stack.enter_async_context(build_notifier(state))
         yield state
+
+
+def build_notifier(state: AppState) -> AbstractAsyncContextManager[object]:
+    """New-photo emails, sent by the processes that run the workers, when email can be sent."""
+    if not notifications_available(state.settings):
+        return nullcontext()
+    return Notifier(db=state.db, mailer=state.mailer, settings=state.settings)
 
 
 def rate_limiter(settings: Settings) -> RateLimiter:

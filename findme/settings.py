@@ -447,7 +447,8 @@ class Settings:
         default="",
         metadata=env(
             "FINDME_SMTP_HOST",
-            doc="mail server for sign-up and password-reset emails; empty: email is not configured",
+            doc="mail server for sign-up, password-reset and new-photo emails; empty: email is "
+            "not configured",
             default_doc="empty",
         ),
     )
@@ -497,6 +498,21 @@ class Settings:
             "FINDME_SIGNUP_TOKEN_TTL_S",
             doc="a sign-up link (sent when email is configured) works this long, and once",
             minimum=60,
+        ),
+    )
+    notify_interval_s: int = field(
+        default=300,
+        metadata=env(
+            "FINDME_NOTIFY_INTERVAL_S",
+            doc="how often new-photo emails are looked for and sent",
+            minimum=1,
+        ),
+    )
+    notify_quiet_s: int = field(
+        default=120,
+        metadata=env(
+            "FINDME_NOTIFY_QUIET_S",
+            doc="a new-photo email waits until no new photo of the member arrived for this long",
         ),
     )
     rate_reset_ip: str = field(

@@ -16,7 +16,7 @@ from starlette.templating import Jinja2Templates
 from findme.auth import Principal
 from findme.db import EventMember, Role, User
 from findme.domain import events as event_domain
-from findme.domain import oversight
+from findme.domain import notifications, oversight
 from findme.domain.access import event_for, sees_every_photo
 from findme.domain.accounts import MAX_SELFIES, consent_text, list_selfies
 from findme.domain.photos import latest_match_id
@@ -212,6 +212,23 @@ async def confirm_signup(request: Request) -> Response:
     )
 
 
+async def unsubscribe(request: Request) -> Response:
+    # Like the reset link: mail scanners open links, so the GET only reads the link (a forged
+    # one is a 400 here already) and the page's button turns the emails off.
+    principal = await current_principal(request)
+    token = request.path_params["token"]
+    event_id, event_name = await notifications.event_of_token(app_state(request), token)
+    return render(
+        request,
+        "unsubscribe.html",
+        principal,
+        title="Stop new-photo emails",
+        token=token,
+        event_id=event_id,
+        event_name=event_name,
+    )
+
+
 async def selfie(request: Request) -> Response:
     principal = await require_user(request)
     user = principal.user
@@ -356,12 +373,20 @@ async def my_photos(request: Request) -> Response:
     found = await _photo_page(request, principal)
     if isinstance(found, Response):
         return found
+    state = app_state(request)
+    member = None
+    if found["event"] is not None:
+        # The new-photo email switch is a member's: organisers get no matches to hear of.
+        async with state.db.sessions() as session:
+            member = await session.get(EventMember, (found["event"].id, principal.id))
     return render(
         request,
         "my_photos.html",
         principal,
         title="My photos",
         max_selfies=MAX_SELFIES,
+        member=member,
+        notify_available=notifications.available(state.settings),
         **found,
     )
 
@@ -434,6 +459,7 @@ routes = [
     Route("/reset/{token}", reset_password, methods=["GET"]),
     Route("/signup/{token}", confirm_signup, methods=["GET"]),
     Route("/sign-in/{token}", sign_in_link, methods=["GET"]),
+    Route("/unsubscribe/{token}", unsubscribe, methods=["GET"]),
     Route("/selfie", selfie, methods=["GET"]),
     Route("/join", join_form, methods=["GET"]),
     Route("/join/{code}", join, methods=["GET"]),
