@@ -349,6 +349,8 @@ COMPONENTS.update(
                 }
             )
         ),
+        "Suggestions": list_of(obj({"id": ID, "photo_id": ID, "face_url": URL_PATH})),
+        "SuggestionAnswer": obj({"answer": enum(["yes", "no"])}),
         "SelfieSet": obj({"has_selfie": {"const": True}, "consent_at": nullable(WHEN)}),
         "Selfies": list_of(_SELFIE),
         "SelfieAdded": obj(
