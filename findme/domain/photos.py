@@ -243,6 +243,12 @@ async def matches_after_of_many(
     return found
 
 
+async def my_photo_item(session: AsyncSession, *, user_id: int, photo_id: int) -> dict[str, Any]:
+    """One of "my photos", as its page lists it (the match must exist)."""
+    row = (await session.execute(_my_matches(user_id, None).where(Photo.id == photo_id))).one()
+    return _matched_photo_json(row)
+
+
 async def my_matched_files(session: AsyncSession, *, user_id: int, event_id: int) -> list[Any]:
     """(id, filename, size_bytes) of the photos of an event a person appears in."""
     rows = await session.execute(

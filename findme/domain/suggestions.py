@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme.db import EventMember, Face, FaceMatch, MatchSuggestion, utcnow
 from findme.domain.access import NO_EVENT
-from findme.domain.photos import forget_match
+from findme.domain.photos import forget_match, my_photo_item
 from findme.errors import NotFound
 
 if TYPE_CHECKING:
@@ -65,9 +65,10 @@ async def suggested_face(
 
 async def answer_suggestion(
     state: AppState, *, user_id: int, suggestion_id: int, its_me: bool
-) -> None:
-    """Yes: a confirmed match. No: "not me". Either way the suggestion goes; of two answers at
-    once, the one that deletes it wins and the other is told it was answered."""
+) -> dict[str, Any] | None:
+    """Yes: a confirmed match, returned as "my photos" lists it. No: "not me". Either way the
+    suggestion goes; of two answers at once, the one that deletes it wins and the other is told
+    it was answered."""
     async with state.db.transaction() as session:
         taken = (
             await session.execute(
@@ -88,6 +89,10 @@ async def answer_suggestion(
         else:
             await forget_match(session, photo_id=taken.photo_id, user_id=user_id)
     await state.on_matches_changed({user_id})
+    if not its_me:
+        return None
+    async with state.db.sessions() as session:
+        return await my_photo_item(session, user_id=user_id, photo_id=taken.photo_id)
 
 
 async def _confirm(session: AsyncSession, *, user_id: int, suggestion: Any) -> None:

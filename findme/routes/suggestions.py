@@ -80,7 +80,10 @@ async def suggestion_face(request: Request) -> Response:
     auth="the suggestion's member",
     body=Body(ref("SuggestionAnswer")),
     responses={
-        204: "answered; the suggestion is gone",
+        200: Reply(
+            "answered; the suggestion is gone. After yes, the photo as my photos list it",
+            ref("SuggestionAnswered"),
+        ),
         400: "the answer is neither yes nor no",
         404: "no such suggestion of mine, or it was already answered",
     },
@@ -92,10 +95,10 @@ async def answer(request: Request) -> Response:
     its_me = ANSWERS.get(body["answer"]) if isinstance(body.get("answer"), str) else None
     if its_me is None:
         raise BadRequest('\'answer\' must be "yes" (it is me) or "no" (it is not).')
-    await answer_suggestion(
+    photo = await answer_suggestion(
         app_state(request), user_id=principal.id, suggestion_id=suggestion_id, its_me=its_me
     )
-    return Response(status_code=204)
+    return json_response({"photo": photo})
 
 
 routes = [

@@ -482,6 +482,14 @@ if (grid) {
 
   if (share) share.addEventListener("click", sharePhoto);
 
+  // A suggestion confirmed on this page ("Is this you?", suggestions.js) is one of my photos
+  // now: shown at once, without waiting for the live stream to bring it.
+  document.addEventListener("findme:matched", (event) => {
+    const before = items.size;
+    addItem(event.detail, { live: true });
+    if (items.size > before) updateCounts();
+  });
+
   updateCounts();
   loadMore();
   if (mode === "mine") {
