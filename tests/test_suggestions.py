@@ -1,0 +1,275 @@
+""" "Is this you?": real faces a little beyond the threshold are asked about, never shown.
+
+The threshold is tightened from the real distances of one attendee's matches, so that his two
+farthest photos fall just beyond it: those become suggestions, the rest stay matches.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+from PIL import Image
+from playwright.async_api import expect
+from sqlalchemy import select
+
+from findme.db import Database, FaceMatch, Photo
+from findme.settings import Settings
+from tests.browser import shot, sign_in
+from tests.conftest import with_settings
+from tests.scenes import drain, join, my_filenames, open_stream, put_selfie, upload
+from tests.shared_faces import faces_dir
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+UNKNOWN = 2_000_000_000
+ANSWERED = "This suggestion was already answered, or it is not yours."
+JSON = {"content-type": "application/json"}
+TEXT = {"content-type": "text/plain"}
+# Obama's five photos alone, Biden's alone, and one with both of them.
+PHOTOS = ["e01.jpg", "e02.jpg", "e03.jpg", "e04.jpg", "e05.jpg", "e06.jpg", "e12.jpg"]
+
+
+def selfie(person: str) -> bytes:
+    return (faces_dir() / "selfies" / f"{person}.jpg").read_bytes()
+
+
+async def match_distances(settings: Settings, user_id: int) -> dict[str, float]:
+    """Filename → distance of the person's stored matches."""
+    db = Database(settings)
+    try:
+        async with db.sessions() as session:
+            rows = await session.execute(
+                select(Photo.filename, FaceMatch.distance)
+                .join(FaceMatch, FaceMatch.photo_id == Photo.id)
+                .where(FaceMatch.user_id == user_id)
+            )
+            return {row.filename: row.distance for row in rows}
+    finally:
+        await db.aclose()
+
+
+async def rematch(client, settings: Settings, person: str) -> None:
+    """The same selfie again: the person is matched anew in their events (a new selfie)."""
+    assert (await put_selfie(client, selfie(person))).status_code == 200
+    assert (await drain(settings))["failed"] == 0
+
+
+async def suggestions_of(client, event_id: int) -> list[dict]:
+    response = await client.get(f"/api/events/{event_id}/suggestions")
+    assert response.status_code == 200, response.text
+    return response.json()["items"]
+
+
+def assert_error(response, status: int, detail: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] and body["detail"].endswith("."), body
+    if detail is not None:
+        assert body["detail"] == detail
+
+
+@pytest.fixture
+async def suggested(server, make_user, make_event):
+    """Obama's two farthest photos are suggestions under a tighter threshold; Biden is another
+    attendee of the same event."""
+    organiser = await make_user("photographer")
+    event = await make_event(organiser)
+    people = {}
+    for person in ("obama", "biden"):
+        client = await make_user(name=person)
+        assert (await put_selfie(client, selfie(person))).status_code == 200
+        await join(client, event)
+        people[person] = client
+    folder = faces_dir() / "event"
+    ids = dict(
+        zip(
+            PHOTOS,
+            await upload(organiser, event["id"], *((n, (folder / n).read_bytes()) for n in PHOTOS)),
+            strict=True,
+        )
+    )
+    assert (await drain(server.settings))["failed"] == 0
+    obama = people["obama"]
+    distances = await match_distances(server.settings, obama.user["id"])
+    assert sorted(distances) == ["e01.jpg", "e02.jpg", "e03.jpg", "e04.jpg", "e05.jpg", "e12.jpg"]
+    by_distance = sorted(distances, key=distances.get)
+    near, far = by_distance[:-2], by_distance[-2:]
+    # Between the nearest of the far two and the farthest of the others; the margin reaches
+    # exactly the usual threshold, under which all his photos matched.
+    threshold = (distances[near[-1]] + distances[far[0]]) / 2
+    tight = with_settings(
+        server.settings,
+        match_threshold=threshold,
+        suggestion_margin=server.settings.match_threshold - threshold,
+    )
+    await rematch(obama, tight, "obama")
+    return {
+        "organiser": organiser,
+        "event": event,
+        "ids": ids,
+        "near": sorted(near),
+        "far": sorted(far),
+        "tight": tight,
+        "threshold": threshold,
+        **people,
+    }
+
+
+async def test_a_suggested_face_is_asked_about_and_its_photo_is_not_shown(suggested) -> None:
+    obama, biden, organiser = suggested["obama"], suggested["biden"], suggested["organiser"]
+    event_id, ids, far = suggested["event"]["id"], suggested["ids"], suggested["far"]
+    assert await my_filenames(obama, event_id) == suggested["near"]
+
+    items = await suggestions_of(obama, event_id)
+    assert sorted(item["photo_id"] for item in items) == sorted(ids[name] for name in far)
+    for item in items:
+        assert set(item) == {"id", "photo_id", "face_url"}
+        assert item["face_url"] == f"/api/suggestions/{item['id']}/face"
+        # The photo itself is not his to see yet ("own" gallery).
+        for path in (f"/api/photo/{item['photo_id']}", f"/api/photo/{item['photo_id']}/thumb"):
+            assert_error(await obama.get(path), 404, "There is no photo with this id.")
+        face = await obama.get(item["face_url"])
+        assert face.status_code == 200
+        assert face.headers["content-type"] == "image/jpeg"
+        assert face.headers["cache-control"] == "private, no-store"
+        with Image.open(io.BytesIO(face.content)) as tile:
+            assert tile.format == "JPEG" and tile.width == tile.height >= 64
+
+    # Nobody else reads or answers his suggestions: they answer as an unknown one does.
+    first = items[0]
+    for other in (biden, organiser):
+        assert_error(await other.get(first["face_url"]), 404)
+        response = await other.post(f"/api/suggestions/{first['id']}", json={"answer": "yes"})
+        assert_error(response, 404, ANSWERED)
+    unknown = await obama.post(f"/api/suggestions/{UNKNOWN}", json={"answer": "yes"})
+    assert_error(unknown, 404, ANSWERED)
+    assert first["photo_id"] not in {i["photo_id"] for i in await suggestions_of(biden, event_id)}
+    # The organiser joined nothing: no suggestions of theirs, as for an event they cannot see.
+    assert_error(await organiser.get(f"/api/events/{event_id}/suggestions"), 404)
+
+    # Garbage is refused with a sentence, and changes nothing.
+    answer = f"/api/suggestions/{first['id']}"
+    assert_error(await obama.post(answer, content=b"{", headers=JSON), 400)
+    assert_error(
+        await obama.post(answer, content=b"yes", headers={"content-type": "text/plain"}), 415
+    )
+    for body in (
+        {},
+        {"answer": "maybe"},
+        {"answer": True},
+        {"answer": ["yes"]},
+        {"answer": "YES "},
+    ):
+        assert_error(await obama.post(answer, json=body), 400)
+    assert_error(await obama.post("/api/suggestions/abc", json={"answer": "yes"}), 400)
+    assert_error(await obama.post("/api/suggestions/99999999999", json={"answer": "yes"}), 404)
+    assert_error(await obama.get("/api/suggestions/-1/face"), 400)
+    assert_error(await obama.get(f"/api/suggestions/{UNKNOWN}/face"), 404)
+    assert_error(await obama.get("/api/events/abc/suggestions"), 400)
+    assert_error(await obama.get(f"/api/events/{UNKNOWN}/suggestions"), 404)
+    assert await suggestions_of(obama, event_id) == items
+
+    # Yes: the photo is his at once, in the live stream, the list, the original and the zip.
+    async with open_stream(obama, event_id=event_id) as stream:
+        await stream.until_ready()
+        response = await obama.post(answer, json={"answer": "yes"})
+        assert response.status_code == 200, response.text
+        assert response.json()["photo"]["id"] == first["photo_id"]
+        assert (await stream.next())["data"]["id"] == first["photo_id"]
+    confirmed = next(name for name in far if ids[name] == first["photo_id"])
+    assert await my_filenames(obama, event_id) == sorted([*suggested["near"], confirmed])
+    assert (await obama.get(f"/api/photo/{first['photo_id']}")).status_code == 200
+    archive = await obama.get(f"/api/events/{event_id}/my-photos.zip")
+    assert archive.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(archive.content)) as bundle:
+        assert confirmed in bundle.namelist()
+    assert_error(await obama.post(answer, json={"answer": "no"}), 404, ANSWERED)
+    assert_error(await obama.get(first["face_url"]), 404)
+
+    # No: the face goes, the photo stays out of reach.
+    second = items[1]
+    response = await obama.post(f"/api/suggestions/{second['id']}", json={"answer": "no"})
+    assert response.status_code == 200 and response.json() == {"photo": None}
+    assert await suggestions_of(obama, event_id) == []
+    assert_error(await obama.get(f"/api/photo/{second['photo_id']}"), 404)
+    refused = next(name for name in far if ids[name] == second["photo_id"])
+
+    # A new selfie matches him again: the confirmed photo stays his, the refused one is neither
+    # matched nor asked about again, at this threshold or at any other.
+    tight = suggested["tight"]
+    for settings in (tight, with_settings(tight, match_threshold=0.7, suggestion_margin=0.1)):
+        await rematch(obama, settings, "obama")
+        mine = await my_filenames(obama, event_id)
+        assert confirmed in mine and refused not in mine
+        assert await suggestions_of(obama, event_id) == []
+    # A much tighter threshold leaves him his confirmed photo alone (a late joiner's matching
+    # runs the same way, for the photos near the newcomer).
+    strict = with_settings(tight, match_threshold=0.05, suggestion_margin=0.5)
+    await rematch(obama, strict, "obama")
+    assert await my_filenames(obama, event_id) == [confirmed]
+    asked = await suggestions_of(obama, event_id)
+    assert sorted(i["photo_id"] for i in asked) == sorted(ids[n] for n in suggested["near"])
+
+    # Removing his selfie removes what it suggested (biometric data), at once.
+    selfies = (await obama.get("/api/me/selfies")).json()["items"]
+    for item in selfies:
+        assert (await obama.delete(f"/api/me/selfies/{item['id']}")).status_code == 204
+    assert await suggestions_of(obama, event_id) == []
+    assert_error(await obama.get(asked[0]["face_url"]), 404)
+    assert (await drain(strict))["failed"] == 0
+    assert await my_filenames(obama, event_id) == [confirmed]
+
+
+def tile(page, suggestion: dict):
+    """The grid's tile of a suggestion's photo."""
+    return page.locator(f'#photos .tile[data-photo-id="{suggestion["photo_id"]}"]')
+
+
+@pytest.mark.browser
+async def test_my_photos_asks_is_this_you(suggested, server, contexts) -> None:
+    obama, event_id = suggested["obama"], suggested["event"]["id"]
+    items = await suggestions_of(obama, event_id)
+    for size in ("phone", "desktop"):
+        page = await (await contexts(server.url, size)).new_page()
+        await page.goto("/login")
+        await sign_in(page, obama.user["email"])
+        await page.goto(f"/my-photos?event_id={event_id}")
+        card = page.locator("#suggestions")
+        await expect(card.get_by_role("heading", name="Is this you?")).to_be_visible()
+        faces = card.locator(".suggestion img")
+        await expect(faces).to_have_count(len(items))
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('#suggestions img, #photos img')]"
+            ".every(image => image.complete && image.naturalWidth > 0)"
+        )
+        # Nothing overflows a phone's width.
+        assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+        await shot(page, "suggestions", size)
+        await page.context.close()
+
+    page = await (await contexts(server.url, "phone")).new_page()
+    await page.goto("/login")
+    await sign_in(page, obama.user["email"])
+    await page.goto(f"/my-photos?event_id={event_id}")
+    grid = page.locator("#photos .tile")
+    await expect(grid).to_have_count(len(suggested["near"]))
+    first, second = (page.locator(f'[data-suggestion-id="{item["id"]}"]') for item in items)
+    await first.get_by_role("button", name="Yes, it's me").click()
+    await expect(first).to_have_count(0)
+    await expect(
+        page.locator(f'#photos .tile[data-photo-id="{items[0]["photo_id"]}"]')
+    ).to_be_visible()
+    # The keyboard reaches the next face's answer.
+    no = second.get_by_role("button", name="No, it is not me")
+    await no.focus()
+    await page.keyboard.press("Enter")
+    await expect(second).to_have_count(0)
+    await expect(page.locator("#suggestions")).to_be_hidden()
+    await expect(grid).to_have_count(len(suggested["near"]) + 1)
+    await expect(
+        page.locator(f'#photos .tile[data-photo-id="{items[1]["photo_id"]}"]')
+    ).to_have_count(0)
+    await shot(page, "suggestions-answered", "phone")
+    contexts.assert_no_errors()
