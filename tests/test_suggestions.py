@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from urllib.parse import quote
 
 import pytest
 from PIL import Image
@@ -222,6 +223,16 @@ async def test_a_suggested_face_is_asked_about_and_its_photo_is_not_shown(sugges
     assert await my_filenames(obama, event_id) == [confirmed]
 
 
+async def my_photos_page(contexts, server, client, event_id: int, size: str):
+    """My photos of the event, signed in as the client's person through the sign-in page."""
+    page = await (await contexts(server.url, size)).new_page()
+    target = f"/my-photos?event_id={event_id}"
+    await page.goto(f"/login?next={quote(target)}")
+    await sign_in(page, client.user["email"])
+    await expect(page).to_have_url(server.url + target)
+    return page
+
+
 def tile(page, suggestion: dict):
     """The grid's tile of a suggestion's photo."""
     return page.locator(f'#photos .tile[data-photo-id="{suggestion["photo_id"]}"]')
@@ -232,10 +243,7 @@ async def test_my_photos_asks_is_this_you(suggested, server, contexts) -> None:
     obama, event_id = suggested["obama"], suggested["event"]["id"]
     items = await suggestions_of(obama, event_id)
     for size in ("phone", "desktop"):
-        page = await (await contexts(server.url, size)).new_page()
-        await page.goto("/login")
-        await sign_in(page, obama.user["email"])
-        await page.goto(f"/my-photos?event_id={event_id}")
+        page = await my_photos_page(contexts, server, obama, event_id, size)
         card = page.locator("#suggestions")
         await expect(card.get_by_role("heading", name="Is this you?")).to_be_visible()
         faces = card.locator(".suggestion img")
@@ -244,15 +252,14 @@ async def test_my_photos_asks_is_this_you(suggested, server, contexts) -> None:
             "() => [...document.querySelectorAll('#suggestions img, #photos img')]"
             ".every(image => image.complete && image.naturalWidth > 0)"
         )
-        # Nothing overflows a phone's width.
+        # Square faces, and nothing overflows a phone's width.
+        for box in [await face.bounding_box() for face in await faces.all()]:
+            assert box is not None and abs(box["width"] - box["height"]) < 1, box
         assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
         await shot(page, "suggestions", size)
         await page.context.close()
 
-    page = await (await contexts(server.url, "phone")).new_page()
-    await page.goto("/login")
-    await sign_in(page, obama.user["email"])
-    await page.goto(f"/my-photos?event_id={event_id}")
+    page = await my_photos_page(contexts, server, obama, event_id, "phone")
     grid = page.locator("#photos .tile")
     await expect(grid).to_have_count(len(suggested["near"]))
     first, second = (page.locator(f'[data-suggestion-id="{item["id"]}"]') for item in items)
