@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from findme.db import EventMember, Face, FaceMatch, MatchSuggestion, utcnow
 from findme.domain.access import NO_EVENT
 from findme.domain.photos import forget_match, my_photo_item
+from findme.engines.base import lock_events
 from findme.errors import NotFound
 
 if TYPE_CHECKING:
@@ -70,6 +71,16 @@ async def answer_suggestion(
     suggestion goes; of two answers at once, the one that deletes it wins and the other is told
     it was answered."""
     async with state.db.transaction() as session:
+        event_id = await session.scalar(
+            select(MatchSuggestion.event_id).where(
+                MatchSuggestion.id == suggestion_id, MatchSuggestion.user_id == user_id
+            )
+        )
+        if event_id is None:
+            raise NotFound(NO_SUGGESTION)
+        # Matching writes the event's matches and suggestions under this lock: a recompute
+        # running now can neither offer this photo again nor insert the match alongside.
+        await lock_events(session, [event_id])
         taken = (
             await session.execute(
                 delete(MatchSuggestion)

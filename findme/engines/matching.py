@@ -249,10 +249,12 @@ async def sync_suggestions(
     matched_query = select(FaceMatch.photo_id, FaceMatch.user_id).where(
         FaceMatch.event_id == event_id
     )
-    offered = MatchSuggestion
-    query = select(offered.id, offered.photo_id, offered.user_id, offered.face_id).where(
-        offered.event_id == event_id
-    )
+    query = select(
+        MatchSuggestion.id,
+        MatchSuggestion.photo_id,
+        MatchSuggestion.user_id,
+        MatchSuggestion.face_id,
+    ).where(MatchSuggestion.event_id == event_id)
     if photo_ids is not None:
         matched_query = matched_query.where(FaceMatch.photo_id.in_(photo_ids))
         query = query.where(MatchSuggestion.photo_id.in_(photo_ids))
