@@ -6,16 +6,20 @@ farthest photos fall just beyond it: those become suggestions, the rest stay mat
 
 from __future__ import annotations
 
+import functools
 import io
 import zipfile
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 from PIL import Image
 from playwright.async_api import expect
+from pytest import approx
 from sqlalchemy import select
 
 from findme.db import Database, FaceMatch, Photo
+from findme.engines.matching import Assignment, FaceRow, match_faces
 from findme.settings import Settings
 from tests.browser import shot, sign_in
 from tests.conftest import with_settings
@@ -69,6 +73,32 @@ def assert_error(response, status: int, detail: str | None = None) -> None:
     assert body["error"] and body["detail"].endswith("."), body
     if detail is not None:
         assert body["detail"] == detail
+
+
+def vector(value: float) -> bytes:
+    """A descriptor `value` away from the zero one."""
+    v = np.zeros(128, "<f4")
+    v[0] = value
+    return v.tobytes()
+
+
+def test_the_rule_suggests_a_face_just_beyond_the_threshold_to_its_nearest_member_only():
+    # Photo 1: a face 0.52 from member 7 and 0.55 from member 8. Photo 2: member 7's face at
+    # 0.57, and the same member again at 0.2 through another face. Photo 3: 0.62, too far.
+    faces = [FaceRow(11, 1, vector(0.0)), FaceRow(21, 2, vector(0.0)), FaceRow(22, 2, vector(0.37))]
+    faces.append(FaceRow(31, 3, vector(0.0)))
+    members = [(7, vector(0.52)), (8, vector(-0.55))]
+    rule = functools.partial(match_faces, faces[:1], members, threshold=0.5, margin=0.06)
+    # The face's nearest member is asked; the second nearest never is, even in the band.
+    assert rule().matches == {} and rule().suggestions == {(1, 7): Assignment(11, approx(0.52))}
+    # "Not me" makes the next nearest the nearest; a margin of 0 suggests nothing.
+    assert rule(rejected=[(1, 7)]).suggestions == {(1, 8): Assignment(11, approx(0.55))}
+    assert rule(margin=0.0).suggestions == {}
+    # Matched to a photo through one face, a member is not also asked about another face of it.
+    both = match_faces(faces[1:3], [(7, vector(0.57))], threshold=0.5, margin=0.06)
+    assert both.matches == {(2, 7): Assignment(22, approx(0.2))} and both.suggestions == {}
+    far = match_faces(faces[3:], [(7, vector(0.62))], threshold=0.5, margin=0.06)
+    assert far.matches == far.suggestions == {}
 
 
 @pytest.fixture
