@@ -148,7 +148,9 @@ async def suggested(server, make_user, make_event):
     }
 
 
-async def test_a_suggested_face_is_asked_about_and_its_photo_is_not_shown(suggested) -> None:
+async def test_a_suggested_face_is_asked_about_and_its_photo_is_not_shown(
+    suggested, make_user
+) -> None:
     obama, biden, organiser = suggested["obama"], suggested["biden"], suggested["organiser"]
     event_id, ids, far = suggested["event"]["id"], suggested["ids"], suggested["far"]
     assert await my_filenames(obama, event_id) == suggested["near"]
@@ -165,11 +167,12 @@ async def test_a_suggested_face_is_asked_about_and_its_photo_is_not_shown(sugges
         assert face.status_code == 200
         assert face.headers["content-type"] == "image/jpeg"
         assert face.headers["cache-control"] == "private, no-store"
-        with Image.open(io.BytesIO(face.content)) as tile:
-            assert tile.format == "JPEG" and tile.width == tile.height >= 64
+        with Image.open(io.BytesIO(face.content)) as crop:
+            assert crop.format == "JPEG" and crop.width == crop.height >= 64
 
+    # The first in name order is the one confirmed below: always the same photo.
+    first, second = sorted(items, key=lambda item: item["photo_id"] != ids[far[0]])
     # Nobody else reads or answers his suggestions: they answer as an unknown one does.
-    first = items[0]
     for other in (biden, organiser):
         assert_error(await other.get(first["face_url"]), 404)
         response = await other.post(f"/api/suggestions/{first['id']}", json={"answer": "yes"})
@@ -220,7 +223,6 @@ async def test_a_suggested_face_is_asked_about_and_its_photo_is_not_shown(sugges
     assert_error(await obama.get(first["face_url"]), 404)
 
     # No: the face goes, the photo stays out of reach.
-    second = items[1]
     response = await obama.post(f"/api/suggestions/{second['id']}", json={"answer": "no"})
     assert response.status_code == 200 and response.json() == {"photo": None}
     assert await suggestions_of(obama, event_id) == []
@@ -235,6 +237,15 @@ async def test_a_suggested_face_is_asked_about_and_its_photo_is_not_shown(sugges
         mine = await my_filenames(obama, event_id)
         assert confirmed in mine and refused not in mine
         assert await suggestions_of(obama, event_id) == []
+    # A late joiner nearer to his face (a second account, one of his photos as its selfie)
+    # wins it by the rule; his confirmed photo stays his all the same.
+    twin = await make_user(name="twin")
+    twin_selfie = (faces_dir() / "event" / confirmed).read_bytes()
+    assert (await put_selfie(twin, twin_selfie)).status_code == 200
+    await join(twin, suggested["event"])
+    assert (await drain(tight))["failed"] == 0
+    assert confirmed in await my_filenames(twin, event_id)
+    assert confirmed in await my_filenames(obama, event_id)
     # A much tighter threshold leaves him his confirmed photo alone (a late joiner's matching
     # runs the same way, for the photos near the newcomer).
     strict = with_settings(tight, match_threshold=0.05, suggestion_margin=0.5)
