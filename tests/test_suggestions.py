@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from playwright.async_api import expect
 from pytest import approx
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from findme.db import Database, FaceMatch, Photo
+from findme.db import Database, FaceMatch, MatchSuggestion, Photo
 from findme.engines.matching import Assignment, FaceRow, match_faces
 from findme.settings import Settings
 from tests.browser import shot, sign_in
@@ -262,6 +262,22 @@ async def test_a_suggested_face_is_asked_about_and_its_photo_is_not_shown(
     assert_error(await obama.get(asked[0]["face_url"]), 404)
     assert (await drain(strict))["failed"] == 0
     assert await my_filenames(obama, event_id) == [confirmed]
+
+    # Erasing his account erases his suggestions with it.
+    await rematch(obama, strict, "obama")
+    assert await suggestions_of(obama, event_id)
+    assert (await obama.delete("/api/me")).status_code == 204
+    assert await stored_suggestions(strict, obama.user["id"]) == 0
+
+
+async def stored_suggestions(settings: Settings, user_id: int) -> int:
+    db = Database(settings)
+    try:
+        async with db.sessions() as session:
+            query = select(func.count()).where(MatchSuggestion.user_id == user_id)
+            return await session.scalar(query) or 0
+    finally:
+        await db.aclose()
 
 
 async def my_photos_page(contexts, server, client, event_id: int, size: str):
