@@ -71,6 +71,8 @@ if (grid) {
     }
     showWork();
     updateCounts();
+    // "Is this you?" (suggestions.js) asks again once matching has finished.
+    if (work) document.dispatchEvent(new CustomEvent("findme:work", { detail: work }));
     workTimer = setTimeout(checkWork, work && work.working ? WORKING_POLL_MS : IDLE_POLL_MS);
   }
 

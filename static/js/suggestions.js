@@ -74,5 +74,13 @@ if (card) {
     show();
   }
 
+  // Matching that finishes while the page is open (a new selfie, new photos) may bring faces
+  // to ask about; photos.js says when.
+  let working = false;
+  document.addEventListener("findme:work", (event) => {
+    if (working && !event.detail.working) load();
+    working = event.detail.working;
+  });
+
   load();
 }
