@@ -113,8 +113,13 @@ _CODE_EXPIRES_AT: Schema = {
     "description": "after this time the code admits nobody new (null: never). A time already "
     "past is allowed: the code then admits nobody from now on. A new code has no expiry",
 }
+_EMAIL_SIGN_IN: Schema = {
+    "type": "boolean",
+    "description": "whether the event's guests may sign in with a one-time link sent by email "
+    "(attendee accounts only; it needs email configured on the server)",
+}
 # Shown to the event's organiser and admins only.
-_MANAGED = ("joining", "code_expires_at")
+_MANAGED = ("joining", "code_expires_at", "email_sign_in")
 _EVENT = obj(
     {
         "id": ID,
@@ -128,6 +133,7 @@ _EVENT = obj(
         "my_role": enum(["organiser", "member", "admin"]),
         "joining": _JOINING,
         "code_expires_at": _CODE_EXPIRES_AT,
+        "email_sign_in": _EMAIL_SIGN_IN,
     },
     optional=_MANAGED,
 )
@@ -258,7 +264,12 @@ COMPONENTS: dict[str, Schema] = {
     ),
     "EventChange": {
         **obj(
-            {"gallery": _GALLERY, "joining": _JOINING, "code_expires_at": _CODE_EXPIRES_AT},
+            {
+                "gallery": _GALLERY,
+                "joining": _JOINING,
+                "code_expires_at": _CODE_EXPIRES_AT,
+                "email_sign_in": _EMAIL_SIGN_IN,
+            },
             optional=("gallery", *_MANAGED),
         ),
         "minProperties": 1,
@@ -275,6 +286,33 @@ COMPONENTS: dict[str, Schema] = {
             },
         }
     ),
+    "NewcomerJoin": obj(
+        {
+            "code": _text(max_chars=32),
+            "name": _text(max_chars=120),
+            "email": {"type": "string", "format": "email", "maxLength": 254},
+            "password": {
+                "type": "string",
+                "maxLength": MAX_PASSWORD_CHARS,
+                "description": f"at least {MIN_PASSWORD_CHARS} characters; may be left out "
+                "when email is configured (the person signs in again by an emailed link)",
+            },
+            "file": BINARY,
+            "consent": {
+                "type": "string",
+                "enum": ["true", "1", "yes", "on"],
+                "description": "the person agrees to the processing of their selfie",
+            },
+        },
+        optional=("password",),
+    ),
+    "SignInLinkRequest": obj(
+        {
+            "email": {"type": "string", "format": "email", "maxLength": 254},
+            "code": _text(max_chars=32),
+        }
+    ),
+    "SignInLinkConfirmation": obj({"token": _text(max_chars=200)}),
     "PhotoUpload": obj({"files": {"type": "array", "items": BINARY, "minItems": 1}}),
 }
 
@@ -285,6 +323,7 @@ COMPONENTS.update(
         "UserReply": obj({"user": _user}),
         "SignedIn": obj({"user": _user, "csrf_token": TEXT}),
         "SignedUp": obj({"user": _user, "next": URL_PATH}),
+        "SignedInByLink": obj({"user": _user, "csrf_token": TEXT, "next": URL_PATH}),
         "Detail": obj({"detail": TEXT}),
         "Me": obj(
             {
@@ -363,6 +402,14 @@ COMPONENTS.update(
             optional=_MANAGED,
         ),
         "Joined": obj({"event": _event, "job": {"oneOf": [_job_link, {"type": "null"}]}}),
+        "NewcomerJoined": obj(
+            {
+                "user": _user,
+                "event": _event,
+                "job": {"oneOf": [_job_link, {"type": "null"}]},
+                "csrf_token": TEXT,
+            }
+        ),
         "Progress": obj(
             {
                 "photos": COUNT,

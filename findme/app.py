@@ -26,6 +26,7 @@ from findme.routes import (
     downloads,
     events,
     images,
+    joining,
     ops,
     pages,
     photos,
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     routes: list[BaseRoute] = [
         *accounts.routes,
         *privacy.routes,
+        *joining.routes,
         *events.routes,
         *uploads.routes,
         *images.routes,

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 # uvicorn's default when installed, buffers without limit, so `findme serve` runs h11.
 
 
+_KEEP_ALIVE_S = 90
+
+
 def server_config(
     settings: Settings, *, port: int | None = None, body_timeout_s: float | None = None
 ) -> uvicorn.Config:
@@ -56,6 +59,9 @@ def server_config(
         # a trusted proxy (FORWARDED_ALLOW_IPS, default 127.0.0.1). Nothing grants access by
         # address: /metrics wants an admin or its scrape token.
         proxy_headers=True,
+        # Longer than a proxy's or a phone's idle keep-alive (nginx: 75 s), so a client never
+        # reuses a connection the server is closing at that moment (uvicorn's default is 5 s).
+        timeout_keep_alive=_KEEP_ALIVE_S,
         log_config=None,
         access_log=False,
     )

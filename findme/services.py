@@ -139,12 +139,13 @@ def rate_limiter(settings: Settings) -> RateLimiter:
             "api_read": (settings.rate_api_read, "Too many requests."),
             "reset_ip": (
                 settings.rate_reset_ip,
-                "Too many password-reset requests from your network. Wait and try again.",
+                "Too many requests for emailed links (password reset, sign-in) from your "
+                "network. Wait and try again.",
             ),
             "reset_email": (
                 settings.rate_reset_email,
-                "Too many password-reset requests for this email. Check your inbox and spam "
-                "folder for the links already sent, or wait and try again.",
+                "Too many emailed links (password reset, sign-in) asked for this email. Check "
+                "your inbox and spam folder for the links already sent, or wait and try again.",
             ),
             "share_links": (
                 settings.rate_share_links,

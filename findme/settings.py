@@ -512,11 +512,16 @@ class Settings:
     )
     rate_reset_ip: str = field(
         default="10/hour",
-        metadata=env("FINDME_RATE_RESET_IP", doc="password-reset requests per address"),
+        metadata=env(
+            "FINDME_RATE_RESET_IP", doc="password-reset and sign-in link requests per address"
+        ),
     )
     rate_reset_email: str = field(
         default="3/hour",
-        metadata=env("FINDME_RATE_RESET_EMAIL", doc="password-reset requests per email address"),
+        metadata=env(
+            "FINDME_RATE_RESET_EMAIL",
+            doc="password-reset and sign-in link requests per email address",
+        ),
     )
     rate_share_links: str = field(
         default="60/hour",

@@ -196,6 +196,15 @@ async def sign_up(page: Page, name: str, email: str) -> None:
     await page.get_by_role("button", name="Create account").click()
 
 
+async def join_as_newcomer(page: Page, name: str, email: str, selfie: Path) -> None:
+    """Fill the join link's one form as a newcomer (the caller presses its button)."""
+    await page.get_by_label("Your name").fill(name)
+    await page.get_by_label("Email", exact=True).fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.locator("#file").set_input_files(selfie)
+    await page.get_by_label("I agree").check()
+
+
 async def shot(page: Page, name: str, size: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     await page.evaluate("window.scrollTo(0, 0)")

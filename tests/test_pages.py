@@ -29,6 +29,7 @@ from tests.browser import (
     fail_photo_job,
     focus_ring,
     inside,
+    join_as_newcomer,
     photo_id_of,
     shot,
     sign_in,
@@ -71,8 +72,8 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
         qr = photographer.locator("img.qr")
         assert await qr.evaluate("img => img.complete && img.naturalWidth > 0")
 
-        # Three attendees arrive by the QR link: sign up, selfie, join, and open "My photos".
-        # Lin is in none of the photos.
+        # Three attendees arrive by the QR link: one screen takes name, email, selfie and
+        # consent, and opens "My photos". Lin is in none of the photos.
         attendees: dict[str, Page] = {}
         emails: dict[str, str] = {}
         for person, size in (
@@ -82,18 +83,14 @@ async def test_photographer_uploads_and_attendees_see_their_photos_live(
         ):
             page = await (await contexts(base, size)).new_page()
             await page.goto(join_url)
-            await expect(page).to_have_url(re.compile(r"/login\?next="))
-            await page.get_by_role("link", name="Create an account").click()
+            await expect(page.get_by_role("heading", name="Summer gala")).to_be_visible()
             emails[person] = f"{person.split('_')[0]}-{uuid.uuid4().hex[:6]}@example.com"
-            await sign_up(page, person.split("_")[0].title(), emails[person])
-            await expect(page).to_have_url(re.compile(r"/selfie\?next="))
-            await page.locator("#file").set_input_files(faces / data["selfies"][person])
-            await page.get_by_label("I agree").check()
-            await page.get_by_role("button", name="Save my selfie").click()
-            await expect(page).to_have_url(f"{base}/join/{code}", timeout=SLOW_MS)
+            await join_as_newcomer(
+                page, person.split("_")[0].title(), emails[person], faces / data["selfies"][person]
+            )
             await shot(page, "join", size)
-            await page.get_by_role("button", name="Join Summer gala").click()
-            await expect(page).to_have_url(f"{base}/my-photos?event_id={event_id}")
+            await page.get_by_role("button", name="Join and find my photos").click()
+            await expect(page).to_have_url(f"{base}/my-photos?event_id={event_id}", timeout=SLOW_MS)
             await expect(page.locator("#live")).to_have_text("Live")
             await expect(page.get_by_text("No photos of you yet")).to_be_visible()
             await expect(page.locator("#empty [data-text]")).to_contain_text(
@@ -472,14 +469,12 @@ async def test_sign_in_comes_back_and_account_pages(
     await sign_up(page, "Ada", email)
     await expect(page).to_have_url(re.compile(r"/selfie"))
 
-    # Without a selfie, the join link leads to the selfie page first, and back.
+    # Without a selfie, the join link asks for it right there: one button saves it and joins.
     event = await make_event(await make_user("photographer"), name="Book fair")
     await page.goto(f"/join/{event['code']}")
+    await expect(page.get_by_role("button", name="Join and find my photos")).to_be_visible()
+    await expect(page.get_by_label("I agree")).not_to_be_checked()
     await shot(page, "join-needs-selfie", "desktop")
-    await page.get_by_test_id("take-selfie").click()
-    await expect(page).to_have_url(re.compile(rf"/selfie\?next=/join/{event['code']}$"))
-    await page.get_by_role("link", name="Not now").click()
-    await expect(page).to_have_url(f"{server.url}/join/{event['code']}")
 
     await page.goto("/account")
     await page.get_by_role("button", name="Sign out").click()
@@ -706,6 +701,9 @@ async def test_organiser_closes_joining_lets_the_code_expire_and_makes_a_new_cod
     await card_shot(organiser, "joining-closed-desktop")
     guest = await (await contexts(server.url, "phone")).new_page()
     await guest.goto(join_url)
+    # Signed out, the link says so too, and offers those who joined before to sign in.
+    await expect(guest.get_by_test_id("error-detail")).to_have_text(closed_sentence)
+    await guest.locator("main").get_by_role("link", name="Sign in").click()
     await sign_in(guest, guest_email)
     await expect(guest).to_have_url(join_url)
     await expect(guest.get_by_test_id("error-detail")).to_have_text(closed_sentence)
@@ -719,11 +717,11 @@ async def test_organiser_closes_joining_lets_the_code_expire_and_makes_a_new_cod
     await expect(desktop_guest.get_by_test_id("error-detail")).to_have_text(closed_sentence)
     await shot(desktop_guest, "join-closed", "desktop")
 
-    # Reopened, the same link leads on to joining (a selfie first, for this guest).
+    # Reopened, the same link leads on to joining (with a selfie, for this guest).
     await card.get_by_label("New guests can join").check()
     await expect(badge).to_have_text("Open")
     await guest.reload()
-    await expect(guest.get_by_test_id("take-selfie")).to_be_visible()
+    await expect(guest.get_by_role("button", name="Join and find my photos")).to_be_visible()
 
     # An expiry already past stops the code at once; cleared, the code works again.
     expires = card.get_by_label("The code stops working on")
@@ -773,7 +771,7 @@ async def test_organiser_closes_joining_lets_the_code_expire_and_makes_a_new_cod
     await expect(guest.get_by_role("heading", name="Check the event code")).to_be_visible()
     await expect(guest.get_by_test_id("error-detail")).to_contain_text("No event has this code")
     await guest.goto(f"/join/{new_code}")
-    await expect(guest.get_by_test_id("take-selfie")).to_be_visible()
+    await expect(guest.get_by_role("button", name="Join and find my photos")).to_be_visible()
 
     # The card, finished, on both screens.
     for size in SIZES:

@@ -23,7 +23,7 @@ from findme.settings import Settings
 from tests.conftest import PASSWORD, free_port, serve
 
 NEW_PASSWORD = "a brand new passphrase"
-LINK = re.compile(r"(https?://\S+/(?:reset|signup)/(\S+))")
+LINK = re.compile(r"(https?://\S+/(?:reset|signup|sign-in)/(\S+))")
 
 
 class Inbox:

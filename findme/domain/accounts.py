@@ -148,47 +148,64 @@ async def _change_selfies(
     removed: int | None = None,
 ) -> dt.datetime:
     """Change the person's selfies, then re-match them in every event they joined."""
-    now = utcnow()
     async with state.db.transaction() as session:
-        # Serialises a person's selfie changes, so two at once cannot pass the limit.
-        await session.execute(select(User.id).where(User.id == user_id).with_for_update())
-        ids = set(await session.scalars(select(Selfie.id).where(Selfie.user_id == user_id)))
-        if removed is not None and removed not in ids:
-            raise NotFound("You have no selfie with this id.")
-        if added is not None and not replace and len(ids) >= MAX_SELFIES:
-            raise TooManySelfies()
-        # Checked before: once the engine forgets, the change goes through.
-        await state.engine.forget_selfie(session, user_id)
-        # Suggestions come from the old selfies (biometric data): the re-matching below offers
-        # those of the selfies left.
-        await session.execute(delete(MatchSuggestion).where(MatchSuggestion.user_id == user_id))
-        if replace:
-            await session.execute(delete(Selfie).where(Selfie.user_id == user_id))
-        if removed is not None:
-            await session.execute(delete(Selfie).where(Selfie.id == removed))
-        if added is not None:
-            image, enrolled = added
-            session.add(
-                Selfie(
-                    user_id=user_id,
-                    image=image,
-                    descriptor=enrolled.descriptor,
-                    box=list(enrolled.box),
-                )
-            )
-        left = await session.scalar(select(func.count()).where(Selfie.user_id == user_id))
-        changes: dict[str, Any] = {"selfie_updated_at": now if left else None}
-        if added is not None:
-            changes["consent_at"] = now
-        await session.execute(update(User).where(User.id == user_id).values(**changes))
-        event_ids = await session.scalars(
-            select(EventMember.event_id).where(EventMember.user_id == user_id)
+        now = await write_selfies(
+            state, session, user_id, added=added, replace=replace, removed=removed
         )
-        for event_id in event_ids:
-            await jobs.enqueue_member_match(session, event_id=event_id, user_id=user_id)
     await state.on_accounts_changed({user_id})
     if state.pipeline is not None:
         state.pipeline.notify()
+    return now
+
+
+async def write_selfies(
+    state: AppState,
+    session: AsyncSession,
+    user_id: int,
+    *,
+    added: tuple[bytes, EnrolledSelfie] | None = None,
+    replace: bool = False,
+    removed: int | None = None,
+) -> dt.datetime:
+    """The selfie change in the caller's transaction (a newcomer's account, selfie and
+    membership go in one), with a matching job for every event the person joined."""
+    now = utcnow()
+    # Serialises a person's selfie changes, so two at once cannot pass the limit.
+    await session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    ids = set(await session.scalars(select(Selfie.id).where(Selfie.user_id == user_id)))
+    if removed is not None and removed not in ids:
+        raise NotFound("You have no selfie with this id.")
+    if added is not None and not replace and len(ids) >= MAX_SELFIES:
+        raise TooManySelfies()
+    # Checked before: once the engine forgets, the change goes through.
+    await state.engine.forget_selfie(session, user_id)
+    # Suggestions come from the old selfies (biometric data): the re-matching below offers
+    # those of the selfies left.
+    await session.execute(delete(MatchSuggestion).where(MatchSuggestion.user_id == user_id))
+    if replace:
+        await session.execute(delete(Selfie).where(Selfie.user_id == user_id))
+    if removed is not None:
+        await session.execute(delete(Selfie).where(Selfie.id == removed))
+    if added is not None:
+        image, enrolled = added
+        session.add(
+            Selfie(
+                user_id=user_id,
+                image=image,
+                descriptor=enrolled.descriptor,
+                box=list(enrolled.box),
+            )
+        )
+    left = await session.scalar(select(func.count()).where(Selfie.user_id == user_id))
+    changes: dict[str, Any] = {"selfie_updated_at": now if left else None}
+    if added is not None:
+        changes["consent_at"] = now
+    await session.execute(update(User).where(User.id == user_id).values(**changes))
+    event_ids = await session.scalars(
+        select(EventMember.event_id).where(EventMember.user_id == user_id)
+    )
+    for event_id in event_ids:
+        await jobs.enqueue_member_match(session, event_id=event_id, user_id=user_id)
     return now
 
 

@@ -38,6 +38,7 @@ def event_json(event: Event, *, role: str) -> dict[str, Any]:
     if role in {"organiser", "admin"}:
         body["joining"] = event.joining.value
         body["code_expires_at"] = iso(event.code_expires_at)
+        body["email_sign_in"] = event.email_sign_in
     return body
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiofiles
+import aiofiles.os
 import orjson
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
@@ -15,8 +18,11 @@ from starlette.responses import JSONResponse, Response
 from findme.api_schemas import Body, Operation, Param, Reply
 from findme.auth import Principal, check_csrf
 from findme.db import Role
-from findme.errors import BadRequest, NotFound, NotSignedIn, UnsupportedMedia
+from findme.domain.accounts import consent_text
+from findme.errors import BadRequest, NotFound, NotSignedIn, TooLarge, UnsupportedMedia
+from findme.images import check_upload
 from findme.services import AppState
+from findme.uploads import receive_files
 
 MAX_JSON_BYTES = 64 * 1024
 # Our bodies are flat objects. The parser recurses once per level (a RecursionError near 1,000),
@@ -279,3 +285,51 @@ def api(
         return endpoint
 
     return attach
+
+
+CONSENT_VALUES = frozenset({"true", "1", "yes", "on"})
+
+
+class ConsentRequired(BadRequest):
+    code = "consent_required"
+
+
+async def received_selfie(
+    request: Request, *, limit: tuple[str, str], fields: dict[str, str] | None = None
+) -> bytes:
+    """The selfie of a multipart request (field `file`), with consent (field `consent`).
+
+    `limit` is the rate-limit rule and identifier the request counts against; the request's
+    other short fields are collected into `fields`.
+    """
+    state = app_state(request)
+    await state.limits.hit(*limit)
+    settings = state.settings
+    fields = {} if fields is None else fields
+    received = []
+    try:
+        async for upload in receive_files(
+            request,
+            tmp_dir=settings.data_dir / "tmp",
+            max_file_bytes=settings.max_upload_bytes,
+            max_request_bytes=settings.max_upload_bytes + 64 * 1024,
+            max_files=1,
+            fields=fields,
+        ):
+            received.append(upload)
+        if fields.get("consent", "").strip().lower() not in CONSENT_VALUES:
+            raise ConsentRequired(
+                "Agree to the processing of your selfie first (form field consent=true). "
+                + consent_text(settings)
+            )
+        if not received:
+            raise BadRequest("Send your selfie as a form field named file.")
+        selfie = received[0]
+        if selfie.too_large:
+            raise TooLarge("The selfie is too large. Take a smaller photo and send it again.")
+        await asyncio.to_thread(check_upload, selfie.path, max_pixels=settings.max_image_pixels)
+        async with aiofiles.open(selfie.path, "rb") as source:
+            return await source.read()
+    finally:
+        for upload in received:
+            await aiofiles.os.remove(upload.path)

@@ -25,7 +25,7 @@ from findme.db import Gallery, JobStatus, Joining, PhotoStatus, Role
 from findme.domain import events, oversight
 from findme.domain.access import event_for
 from findme.domain.views import event_json, job_link
-from findme.errors import BadRequest
+from findme.errors import BadRequest, Conflict
 from findme.routes.common import (
     api,
     app_state,
@@ -132,8 +132,22 @@ def _parse_expiry(raw: Any) -> dt.datetime | None:
         raise wrong from None
 
 
+def _parse_email_sign_in(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise BadRequest(
+            "'email_sign_in' must be true (guests may sign in with a link sent by email) or "
+            "false (they sign in with their password)."
+        )
+    return raw
+
+
 # What PATCH /api/events/{id} may change, each with its check.
-_SETTINGS = {"gallery": _parse_gallery, "joining": _parse_joining, "code_expires_at": _parse_expiry}
+_SETTINGS = {
+    "gallery": _parse_gallery,
+    "joining": _parse_joining,
+    "code_expires_at": _parse_expiry,
+    "email_sign_in": _parse_email_sign_in,
+}
 
 
 def _parse_date(raw: Any) -> dt.date | None:
@@ -182,6 +196,7 @@ async def get_event(request: Request) -> Response:
         200: Reply("the event, changed", ref("Event")),
         403: "a member, not its organiser",
         404: "no such event",
+        409: "email_sign_in asked for while email is not configured on the server",
     },
 )
 async def change_event(request: Request) -> Response:
@@ -193,10 +208,16 @@ async def change_event(request: Request) -> Response:
     if not changes:
         raise BadRequest(
             'Send a setting to change: \'gallery\' ("own" or "all"), \'joining\' ("open" or '
-            "\"closed\") or 'code_expires_at' (a date and time with its timezone, or null)."
+            "\"closed\"), 'code_expires_at' (a date and time with its timezone, or null) or "
+            "'email_sign_in' (true or false)."
         )
     async with state.db.sessions() as session:
         event, role = await event_for(state, session, principal, event_id, organiser=True)
+    if changes.get("email_sign_in") and not state.mailer.configured:
+        raise Conflict(
+            "Email is not configured on this FindMe server, so no sign-in link could be sent. "
+            "Ask the people who run it to set FINDME_SMTP_HOST, then turn this on."
+        )
     changed = await events.change_settings(state, event.id, changes)
     return json_response(event_json(changed, role=role))
 

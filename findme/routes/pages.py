@@ -257,15 +257,21 @@ async def _code_page(request: Request, *, typed: str, detail: str, status_code: 
 
 
 async def join(request: Request) -> Response:
-    principal = await require_user(request)
+    """The event's link: one form for a newcomer (name, email, selfie, consent), the selfie
+    alone for a signed-in guest without one, one button for the others."""
+    principal = await current_principal(request)
+    state = app_state(request)
     code = str(request.path_params["code"])
-    async with app_state(request).db.sessions() as session:
+    async with state.db.sessions() as session:
         try:
             event = await event_domain.event_by_code(session, code)
         except NotFound as error:
             return await _code_page(request, typed=code, detail=error.detail, status_code=404)
-        member = await session.get(EventMember, (event.id, principal.id))
-    joined = member is not None or event.organiser_id == principal.id
+        member = (
+            None if principal is None else await session.get(EventMember, (event.id, principal.id))
+        )
+    organiser = principal is not None and event.organiser_id == principal.id
+    joined = member is not None or organiser
     # A closed event or an expired code: the sentence, instead of a button that cannot work.
     refusal = None if joined else event_domain.joining_refusal(event)
     return render(
@@ -278,8 +284,24 @@ async def join(request: Request) -> Response:
         date=_date(event.date),
         joined=joined,
         refusal=refusal,
-        organiser=event.organiser_id == principal.id,
-        has_selfie=principal.user.selfie_updated_at is not None,
+        organiser=organiser,
+        has_selfie=principal is not None and principal.user.selfie_updated_at is not None,
+        consent=consent_text(state.settings),
+        # Without email, a password is the only way back in; with it, a link can be.
+        password_optional=state.mailer.configured,
+        email_sign_in=event.email_sign_in and state.mailer.configured,
+    )
+
+
+async def sign_in_link(request: Request) -> Response:
+    # Like the reset link: a GET must not spend the token (mail scanners open links), so the
+    # page's button sends it.
+    return render(
+        request,
+        "sign_in_link.html",
+        await current_principal(request),
+        title="Sign in to FindMe",
+        token=request.path_params["token"],
     )
 
 
@@ -373,6 +395,7 @@ async def event_page(request: Request) -> Response:
         sees_all=sees_every_photo(event, role),
         organiser_name=organiser.name if organiser is not None else "",
         join_url=event_domain.join_url(str(request.base_url), event.code),
+        mail_configured=state.mailer.configured,
         progress=figures,
         photos=photos,
         members=members,
@@ -410,6 +433,7 @@ routes = [
     Route("/forgot-password", forgot_password, methods=["GET"]),
     Route("/reset/{token}", reset_password, methods=["GET"]),
     Route("/signup/{token}", confirm_signup, methods=["GET"]),
+    Route("/sign-in/{token}", sign_in_link, methods=["GET"]),
     Route("/selfie", selfie, methods=["GET"]),
     Route("/join", join_form, methods=["GET"]),
     Route("/join/{code}", join, methods=["GET"]),

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiofiles
-import aiofiles.os
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -14,7 +12,6 @@ from findme.api_schemas import BINARY, Body, Reply, ref
 from findme.domain.accounts import (
     MAX_SELFIES,
     add_selfie,
-    consent_text,
     erase_user,
     list_selfies,
     remove_selfie,
@@ -22,53 +19,18 @@ from findme.domain.accounts import (
     set_selfie,
 )
 from findme.domain.views import iso
-from findme.errors import BadRequest, TooLarge
-from findme.images import check_upload, thumbnail_of
-from findme.routes.common import api, app_state, json_response, path_id, require_user
-from findme.uploads import receive_files
+from findme.images import thumbnail_of
+from findme.routes.common import (
+    api,
+    app_state,
+    json_response,
+    path_id,
+    received_selfie,
+    require_user,
+)
 
-CONSENT_VALUES = frozenset({"true", "1", "yes", "on"})
 # The selfie page shows them as 96 px circles; twice that for sharp phone screens.
 SELFIE_THUMBNAIL_PX = 192
-
-
-class ConsentRequired(BadRequest):
-    code = "consent_required"
-
-
-async def _received_selfie(request: Request, *, user_id: int) -> bytes:
-    """The selfie of a multipart request (field `file`), with consent (field `consent`)."""
-    state = app_state(request)
-    await state.limits.hit("selfie", str(user_id))
-    settings = state.settings
-    fields: dict[str, str] = {}
-    received = []
-    try:
-        async for upload in receive_files(
-            request,
-            tmp_dir=settings.data_dir / "tmp",
-            max_file_bytes=settings.max_upload_bytes,
-            max_request_bytes=settings.max_upload_bytes + 64 * 1024,
-            max_files=1,
-            fields=fields,
-        ):
-            received.append(upload)
-        if fields.get("consent", "").strip().lower() not in CONSENT_VALUES:
-            raise ConsentRequired(
-                "Agree to the processing of your selfie first (form field consent=true). "
-                + consent_text(settings)
-            )
-        if not received:
-            raise BadRequest("Send your selfie as a form field named file.")
-        selfie = received[0]
-        if selfie.too_large:
-            raise TooLarge("The selfie is too large. Take a smaller photo and send it again.")
-        await asyncio.to_thread(check_upload, selfie.path, max_pixels=settings.max_image_pixels)
-        async with aiofiles.open(selfie.path, "rb") as source:
-            return await source.read()
-    finally:
-        for upload in received:
-            await aiofiles.os.remove(upload.path)
 
 
 _SELFIE = Body(ref("SelfieUpload"), media_type="multipart/form-data")
@@ -88,7 +50,7 @@ _SELFIE_ERRORS: dict[int, Reply | str] = {
 )
 async def put_selfie(request: Request) -> Response:
     principal = await require_user(request)
-    data = await _received_selfie(request, user_id=principal.id)
+    data = await received_selfie(request, limit=("selfie", str(principal.id)))
     consent_at = await set_selfie(app_state(request), user_id=principal.id, data=data)
     return json_response({"has_selfie": True, "consent_at": iso(consent_at)})
 
@@ -105,7 +67,7 @@ async def put_selfie(request: Request) -> Response:
 async def add_my_selfie(request: Request) -> Response:
     principal = await require_user(request)
     state = app_state(request)
-    data = await _received_selfie(request, user_id=principal.id)
+    data = await received_selfie(request, limit=("selfie", str(principal.id)))
     consent_at = await add_selfie(state, user_id=principal.id, data=data)
     async with state.db.sessions() as session:
         items = await list_selfies(session, principal.id)

@@ -80,3 +80,20 @@ if (confirm) {
 function goToSelfie(next) {
   location.assign(next.startsWith("/selfie") ? next : "/selfie?next=" + encodeURIComponent(next));
 }
+
+// The emailed sign-in link: the button spends it (a GET never does: mail scanners open links).
+const linkSignIn = document.getElementById("link-sign-in-form");
+if (linkSignIn) {
+  linkSignIn.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    showError(linkSignIn, "");
+    try {
+      const reply = await busy(linkSignIn.querySelector("[type=submit]"), "Signing in…", () =>
+        api("/api/auth/sign-in-link/confirm", { method: "POST", json: { token: linkSignIn.dataset.token } }),
+      );
+      location.assign(safeNext(reply.next));
+    } catch (error) {
+      showError(linkSignIn, error.detail);
+    }
+  });
+}

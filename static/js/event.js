@@ -647,6 +647,30 @@ galleryForm.addEventListener("change", async () => {
   }
 });
 
+// Sign-in by emailed link: saved at once; the box shows what holds.
+const emailSignIn = document.getElementById("email-sign-in");
+if (emailSignIn) {
+  const problem = document.getElementById("email-sign-in-error");
+  emailSignIn.addEventListener("change", async () => {
+    const wanted = emailSignIn.checked;
+    problem.hidden = true;
+    emailSignIn.disabled = true;
+    try {
+      const changed = await api(`/api/events/${eventId}`, { method: "PATCH", json: { email_sign_in: wanted } });
+      emailSignIn.checked = changed.email_sign_in;
+      toast(changed.email_sign_in ? "Saved: guests can sign in with a link sent by email" : "Saved: guests sign in with their password");
+    } catch (error) {
+      emailSignIn.checked = !wanted;
+      if (!handleSignedOut(error)) {
+        problem.textContent = error.detail;
+        problem.hidden = false;
+      }
+    } finally {
+      emailSignIn.disabled = false;
+    }
+  });
+}
+
 // Joining: open or closed, when the code expires, and a new code. Each change is saved at once;
 // what the card says comes from the server's answer, so it shows what holds.
 (() => {

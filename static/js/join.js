@@ -1,5 +1,18 @@
-// Join an event in one tap.
+// The event's link: a newcomer joins in one form (name, email, selfie, consent), a signed-in
+// guest without a selfie joins with it, the others in one tap; or a sign-in link by email.
 import { api, busy, handleSignedOut, showError } from "./common.js";
+import { selfieProblem, selfiePicker } from "./selfie_picker.js";
+
+const photosOf = (event) => `/my-photos?event_id=${event.id}`;
+
+// Joining closed, or the code expired, since the page was shown: the page says so.
+function refusedSince(error) {
+  if (error.code === "joining_closed" || error.code === "code_expired") {
+    location.reload();
+    return true;
+  }
+  return false;
+}
 
 const button = document.getElementById("join");
 if (button) {
@@ -10,12 +23,99 @@ if (button) {
       const { event } = await busy(button, "Joining…", () =>
         api("/api/events/join", { method: "POST", json: { code: button.dataset.code } }),
       );
-      location.assign(`/my-photos?event_id=${event.id}`);
+      location.assign(photosOf(event));
     } catch (error) {
-      if (handleSignedOut(error)) return;
-      // Joining closed, or the code expired, since the page was shown: the page says so.
-      if (error.code === "joining_closed" || error.code === "code_expired") location.reload();
-      else showError(card, error.detail);
+      if (handleSignedOut(error) || refusedSince(error)) return;
+      showError(card, error.detail);
+    }
+  });
+}
+
+const newcomer = document.getElementById("newcomer-form");
+if (newcomer) {
+  const picker = selfiePicker(newcomer);
+  newcomer.addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const { name, email, password } = newcomer.elements;
+    let missing = "";
+    if (!name.value.trim()) missing = "Type your name, so the organiser knows who you are.";
+    else if (!email.checkValidity() || !email.value) missing = "Type your email address, like name@example.com.";
+    else if (password.required && password.value.length < 8) missing = "Choose a password of at least 8 characters.";
+    else if (password.value && password.value.length < 8) missing = "Choose a password of at least 8 characters, or leave it empty.";
+    else missing = picker.missing();
+    showError(newcomer, missing);
+    if (missing) return;
+    const body = new FormData();
+    body.append("code", newcomer.dataset.code);
+    body.append("name", name.value.trim());
+    body.append("email", email.value.trim());
+    if (password.value) body.append("password", password.value);
+    picker.appendTo(body);
+    try {
+      const { event } = await busy(newcomer.querySelector("[type=submit]"), "Looking for your face…", () =>
+        api("/api/events/join/new-guest", { method: "POST", body }),
+      );
+      location.assign(photosOf(event));
+    } catch (error) {
+      if (refusedSince(error)) return;
+      if (error.status === 409) {
+        showError(newcomer, "This email already has a FindMe account. Sign in below to join with it.");
+        return;
+      }
+      showError(newcomer, selfieProblem(error));
+    }
+  });
+}
+
+const selfieJoin = document.getElementById("selfie-join-form");
+if (selfieJoin) {
+  const picker = selfiePicker(selfieJoin);
+  selfieJoin.addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const missing = picker.missing();
+    showError(selfieJoin, missing);
+    if (missing) return;
+    const submit = selfieJoin.querySelector("[type=submit]");
+    try {
+      await busy(submit, "Looking for your face…", () =>
+        api("/api/me/selfie", { method: "PUT", body: picker.appendTo(new FormData()) }),
+      );
+    } catch (error) {
+      if (!handleSignedOut(error)) showError(selfieJoin, selfieProblem(error));
+      return;
+    }
+    try {
+      const { event } = await busy(submit, "Joining…", () =>
+        api("/api/events/join", { method: "POST", json: { code: selfieJoin.dataset.code } }),
+      );
+      location.assign(photosOf(event));
+    } catch (error) {
+      if (handleSignedOut(error) || refusedSince(error)) return;
+      showError(selfieJoin, error.detail);
+    }
+  });
+}
+
+const linkForm = document.getElementById("link-form");
+if (linkForm) {
+  linkForm.addEventListener("submit", async (submitted) => {
+    submitted.preventDefault();
+    const sent = linkForm.querySelector("[data-sent]");
+    const email = linkForm.elements.email;
+    sent.hidden = true;
+    if (!email.value || !email.checkValidity()) {
+      showError(linkForm, "Type your email address, like name@example.com.");
+      return;
+    }
+    showError(linkForm, "");
+    try {
+      const reply = await busy(linkForm.querySelector("[type=submit]"), "Sending…", () =>
+        api("/api/auth/sign-in-link", { method: "POST", json: { email: email.value.trim(), code: linkForm.dataset.code } }),
+      );
+      sent.textContent = reply.detail;
+      sent.hidden = false;
+    } catch (error) {
+      showError(linkForm, error.detail);
     }
   });
 }
