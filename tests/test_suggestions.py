@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 from findme.db import Database, FaceMatch, MatchSuggestion, Photo
 from findme.engines.matching import Assignment, FaceRow, match_faces
 from findme.settings import Settings
-from tests.browser import shot, sign_in
+from tests.browser import shot, sign_in, tab_to
 from tests.conftest import with_settings
 from tests.scenes import drain, join, my_filenames, open_stream, put_selfie, upload
 from tests.shared_faces import faces_dir
@@ -320,20 +320,19 @@ async def test_my_photos_asks_is_this_you(suggested, server, contexts) -> None:
     grid = page.locator("#photos .tile")
     await expect(grid).to_have_count(len(suggested["near"]))
     first, second = (page.locator(f'[data-suggestion-id="{item["id"]}"]') for item in items)
-    await first.get_by_role("button", name="Yes, it's me").click()
+    # Answered from the keyboard: Tab to the first face's "Yes", then on to the next "No".
+    await tab_to(page, "#suggestions .suggestion button")
+    assert await page.evaluate("document.activeElement.textContent") == "Yes, it's me"
+    await page.keyboard.press("Enter")
     await expect(first).to_have_count(0)
-    await expect(
-        page.locator(f'#photos .tile[data-photo-id="{items[0]["photo_id"]}"]')
-    ).to_be_visible()
-    # The keyboard reaches the next face's answer.
-    no = second.get_by_role("button", name="No, it is not me")
-    await no.focus()
+    await expect(tile(page, items[0])).to_be_visible()
+    await expect(second.get_by_role("button", name="Yes, it's me")).to_be_focused()
+    await page.keyboard.press("Tab")
+    await expect(second.get_by_role("button", name="No, it is not me")).to_be_focused()
     await page.keyboard.press("Enter")
     await expect(second).to_have_count(0)
     await expect(page.locator("#suggestions")).to_be_hidden()
     await expect(grid).to_have_count(len(suggested["near"]) + 1)
-    await expect(
-        page.locator(f'#photos .tile[data-photo-id="{items[1]["photo_id"]}"]')
-    ).to_have_count(0)
+    await expect(tile(page, items[1])).to_have_count(0)
     await shot(page, "suggestions-answered", "phone")
     contexts.assert_no_errors()
