@@ -143,7 +143,6 @@ async def suggested(server, make_user, make_event):
         "near": sorted(near),
         "far": sorted(far),
         "tight": tight,
-        "threshold": threshold,
         **people,
     }
 
