@@ -243,10 +243,13 @@ async def matches_after_of_many(
     return found
 
 
-async def my_photo_item(session: AsyncSession, *, user_id: int, photo_id: int) -> dict[str, Any]:
-    """One of "my photos", as its page lists it (the match must exist)."""
-    row = (await session.execute(_my_matches(user_id, None).where(Photo.id == photo_id))).one()
-    return _matched_photo_json(row)
+async def my_photo_item(
+    session: AsyncSession, *, user_id: int, photo_id: int
+) -> dict[str, Any] | None:
+    """One of "my photos", as its page lists it; None if it is not (or no longer) mine."""
+    query = _my_matches(user_id, None).where(Photo.id == photo_id)
+    row = (await session.execute(query)).one_or_none()
+    return None if row is None else _matched_photo_json(row)
 
 
 async def my_matched_files(session: AsyncSession, *, user_id: int, event_id: int) -> list[Any]:
