@@ -410,6 +410,9 @@ COMPONENTS.update(
                 }
             )
         ),
+        "Suggestions": list_of(obj({"id": ID, "photo_id": ID, "face_url": URL_PATH})),
+        "SuggestionAnswer": obj({"answer": enum(["yes", "no"])}),
+        "SuggestionAnswered": obj({"photo": {"oneOf": [ref("MyPhoto"), {"type": "null"}]}}),
         "SelfieSet": obj({"has_selfie": {"const": True}, "consent_at": nullable(WHEN)}),
         "Selfies": list_of(_SELFIE),
         "SelfieAdded": obj(

@@ -34,6 +34,7 @@ from findme.routes import (
     privacy,
     shares,
     stream,
+    suggestions,
     uploads,
 )
 from findme.services import open_services
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *uploads.routes,
         *images.routes,
         *photos.routes,
+        *suggestions.routes,
         *admin.routes,
         *ops.routes,
         *stream.routes,

@@ -159,11 +159,16 @@ def _pixel_sentence(max_pixels: int) -> str:
 
 
 def thumbnail_of(
-    data: bytes, *, size_px: int, around: tuple[int, int, int, int] | None = None
+    data: bytes,
+    *,
+    size_px: int,
+    around: tuple[int, int, int, int] | None = None,
+    face_share: float = 0.5,
 ) -> bytes:
     """A JPEG thumbnail of a stored image: a photo's grid thumbnail when its faces are found
-    elsewhere (Rekognition), or a selfie's, square around the face box `around` (in the upright
-    image's pixels). Raises what Pillow raises for broken pixels."""
+    elsewhere (Rekognition), or a square around the face box `around` (in the upright image's
+    pixels), the face taking `face_share` of its side. Raises what Pillow raises for broken
+    pixels."""
     with Image.open(io.BytesIO(data)) as image:
         if around is None:
             # draft() lets the JPEG decoder scale by 1/2..1/8 while decoding: a 24 MP photo
@@ -173,8 +178,9 @@ def thumbnail_of(
         upright = ImageOps.exif_transpose(image)
     if around is not None:
         left, top, right, bottom = around
-        # The face and some hair and shoulders: a square twice the face's size.
-        half = max(right - left, bottom - top)
+        # A selfie's square is twice the face (some hair and shoulders); a face cut from an
+        # event photo keeps closer, so that it shows little of the people beside it.
+        half = round(max(right - left, bottom - top) / face_share / 2)
         centre_x, centre_y = (left + right) // 2, (top + bottom) // 2
         upright = upright.crop((centre_x - half, centre_y - half, centre_x + half, centre_y + half))
     return encode_thumbnail(upright, size_px)

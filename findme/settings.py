@@ -239,6 +239,17 @@ class Settings:
             doc="largest descriptor distance that counts as the same person",
         ),
     )
+    # "Is this you?" asks rather than guesses: faces this little beyond the threshold are shown
+    # to their nearest member as the face alone, and count only once confirmed.
+    suggestion_margin: float = field(
+        default=0.06,
+        metadata=env(
+            "FINDME_SUGGESTION_MARGIN",
+            doc="faces this much beyond the match threshold are offered to their nearest "
+            'member to confirm ("Is this you?"); 0 turns suggestions off',
+            check=_fraction,
+        ),
+    )
     retention_days: int = field(
         default=365,
         metadata=env(

@@ -11,7 +11,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme import jobs
 from findme.auth import hash_password
-from findme.db import Event, EventMember, FaceMatch, Photo, Role, Selfie, User, utcnow
+from findme.db import (
+    Event,
+    EventMember,
+    FaceMatch,
+    MatchSuggestion,
+    Photo,
+    Role,
+    Selfie,
+    User,
+    utcnow,
+)
 from findme.domain.erasure import erase
 from findme.domain.views import iso
 from findme.engines.base import EnrolledSelfie
@@ -169,6 +179,9 @@ async def write_selfies(
         raise TooManySelfies()
     # Checked before: once the engine forgets, the change goes through.
     await state.engine.forget_selfie(session, user_id)
+    # Suggestions come from the old selfies (biometric data): the re-matching below offers
+    # those of the selfies left.
+    await session.execute(delete(MatchSuggestion).where(MatchSuggestion.user_id == user_id))
     if replace:
         await session.execute(delete(Selfie).where(Selfie.user_id == user_id))
     if removed is not None:
@@ -197,8 +210,9 @@ async def write_selfies(
 
 
 async def erase_user(state: AppState, user_id: int) -> None:
-    """Everything an account holds: selfie, descriptor, matches, "not me", sessions, tokens,
-    and the events it organises with their photos. The engine's copies go first."""
+    """Everything an account holds: selfie, descriptor, matches, suggestions, "not me",
+    sessions, tokens, and the events it organises with their photos. The engine's copies go
+    first."""
     organised = select(Event.id).where(Event.organiser_id == user_id)
 
     async def forget(session: AsyncSession) -> None:
@@ -207,7 +221,8 @@ async def erase_user(state: AppState, user_id: int) -> None:
     async with state.db.sessions() as session:
         organised_ids = set(await session.scalars(organised))
     # Rows that reference the user go with it (ON DELETE CASCADE): sessions, tokens,
-    # memberships, matches, "not me" rejections, share links, and events the user organised.
+    # memberships, matches, suggestions, "not me" rejections, share links, and events the user
+    # organised.
     await erase(
         state,
         forget=forget,

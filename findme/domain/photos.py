@@ -12,7 +12,7 @@ from sqlalchemy.sql import Executable
 
 from findme import jobs
 from findme.auth import Principal
-from findme.db import Face, FaceMatch, Photo, RejectedMatch
+from findme.db import Face, FaceMatch, MatchSuggestion, Photo, RejectedMatch
 from findme.domain.access import photos_seen_by
 from findme.domain.erasure import erase
 from findme.domain.shares import revoke_links_to
@@ -243,6 +243,15 @@ async def matches_after_of_many(
     return found
 
 
+async def my_photo_item(
+    session: AsyncSession, *, user_id: int, photo_id: int
+) -> dict[str, Any] | None:
+    """One of "my photos", as its page lists it; None if it is not (or no longer) mine."""
+    query = _my_matches(user_id, None).where(Photo.id == photo_id)
+    row = (await session.execute(query)).one_or_none()
+    return None if row is None else _matched_photo_json(row)
+
+
 async def my_matched_files(session: AsyncSession, *, user_id: int, event_id: int) -> list[Any]:
     """(id, filename, size_bytes) of the photos of an event a person appears in."""
     rows = await session.execute(
@@ -281,11 +290,17 @@ async def delete_photo(state: AppState, *, photo_id: int, event_id: int) -> None
 async def reject_match(state: AppState, *, photo_id: int, user_id: int) -> None:
     """ "Not me": the person's match to this photo goes, and never comes back."""
     async with state.db.transaction() as session:
-        await session.execute(
-            delete(FaceMatch).where(FaceMatch.photo_id == photo_id, FaceMatch.user_id == user_id)
-        )
-        if await session.get(RejectedMatch, (photo_id, user_id)) is None:
-            session.add(RejectedMatch(photo_id=photo_id, user_id=user_id))
-        # Not theirs to share either.
-        await revoke_links_to(session, photo_id=photo_id, user_id=user_id)
+        await forget_match(session, photo_id=photo_id, user_id=user_id)
     await state.on_matches_changed({user_id})
+
+
+async def forget_match(session: AsyncSession, *, photo_id: int, user_id: int) -> None:
+    """What "not me" stores, whether said of a match or of a suggestion ("Is this you?")."""
+    for made in (FaceMatch, MatchSuggestion):
+        await session.execute(
+            delete(made).where(made.photo_id == photo_id, made.user_id == user_id)
+        )
+    if await session.get(RejectedMatch, (photo_id, user_id)) is None:
+        session.add(RejectedMatch(photo_id=photo_id, user_id=user_id))
+    # Not theirs to share either.
+    await revoke_links_to(session, photo_id=photo_id, user_id=user_id)

@@ -2,7 +2,10 @@
 
 A face is matched to at most one member of its event: the nearest whose distance is under the
 threshold (or, in the cloud, the most similar), never to several look-alikes; a member's "not
-me" keeps them from a photo for good. The rule is pure; `sync_matches` writes its outcome.
+me" keeps them from a photo for good. A face whose nearest member is just beyond the threshold
+(within the suggestion margin) is offered to that member instead ("Is this you?"): it counts
+only once they confirm, and a confirmed match stays whatever the rule says later. The rule is
+pure; `sync_matches` and `sync_suggestions` write its outcome.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from findme.db import FaceMatch, Photo, RejectedMatch, utcnow
+from findme.db import FaceMatch, MatchSuggestion, Photo, RejectedMatch, utcnow
 
 _DTYPE = np.dtype("<f4")
 
@@ -70,6 +73,38 @@ def _nearest_face_per_match(chosen: Iterable[Candidate]) -> dict[tuple[int, int]
     return matches
 
 
+@dataclass(frozen=True)
+class Matching:
+    """What the rule makes of some faces: matches, and suggestions ("Is this you?"), both as
+    (photo_id, user_id) → face."""
+
+    matches: dict[tuple[int, int], Assignment]
+    suggestions: dict[tuple[int, int], Assignment]
+
+
+def match_faces(
+    faces: list[FaceRow],
+    selfies: Sequence[tuple[int, bytes]],
+    *,
+    threshold: float,
+    margin: float = 0.0,
+    rejected: Iterable[tuple[int, int]] = (),
+) -> Matching:
+    """Each face's nearest member: a match under `threshold`, a suggestion in
+    [threshold, threshold + margin) unless that member is matched to the photo already.
+
+    `selfies` are (user_id, descriptor) pairs, several per member when they enrolled several
+    selfies: a member is as near as their nearest selfie.
+    """
+    nearest = _nearest_members(faces, selfies, rejected=rejected)
+    matches = _nearest_face_per_match(c for c in nearest if c.distance < threshold)
+    offered = _nearest_face_per_match(
+        c for c in nearest if threshold <= c.distance < threshold + margin
+    )
+    suggestions = {key: face for key, face in offered.items() if key not in matches}
+    return Matching(matches, suggestions)
+
+
 def assign_faces(
     faces: list[FaceRow],
     selfies: Sequence[tuple[int, bytes]],
@@ -77,13 +112,19 @@ def assign_faces(
     threshold: float,
     rejected: Iterable[tuple[int, int]] = (),
 ) -> dict[tuple[int, int], Assignment]:
-    """(photo_id, user_id) → the face that matched, for every face's nearest member.
+    """(photo_id, user_id) → the face that matched, for every face's nearest member."""
+    return match_faces(faces, selfies, threshold=threshold, rejected=rejected).matches
 
-    `selfies` are (user_id, descriptor) pairs, several per member when they enrolled several
-    selfies: a member is as near as their nearest selfie.
-    """
+
+def _nearest_members(
+    faces: list[FaceRow],
+    selfies: Sequence[tuple[int, bytes]],
+    *,
+    rejected: Iterable[tuple[int, int]],
+) -> list[Candidate]:
+    """Every face with its nearest member who did not reject its photo, however far."""
     if not faces or not selfies:
-        return {}
+        return []
     owners = [user_id for user_id, _ in selfies]
     distances = descriptor_distances(
         [face.descriptor for face in faces], [descriptor for _, descriptor in selfies]
@@ -99,11 +140,11 @@ def assign_faces(
             distances[photo_rows.get(photo_id, []), column] = np.inf
     # The nearest selfie of all is the nearest selfie of the nearest member.
     best = distances.argmin(axis=1)
-    return _nearest_face_per_match(
+    return [
         Candidate(face.id, face.photo_id, owners[best[row]], float(distances[row, best[row]]))
         for row, face in enumerate(faces)
-        if distances[row, best[row]] < threshold
-    )
+        if np.isfinite(distances[row, best[row]])
+    ]
 
 
 def descriptor_distances(faces: Sequence[bytes], selfies: Sequence[bytes]) -> np.ndarray:
@@ -149,19 +190,25 @@ async def sync_matches(
     *,
     photo_ids: Collection[int] | None = None,
 ) -> set[int]:
-    """Make the stored matches (of some photos, or the whole event) equal `wanted`.
+    """Make the stored matches (of some photos, or the whole event) equal `wanted`, except the
+    confirmed ones: a member's "yes, it's me" is neither removed nor moved to another face.
 
     Returns the users whose matches changed. Idempotent: running it twice changes nothing.
     """
-    query = select(FaceMatch.id, FaceMatch.photo_id, FaceMatch.user_id, FaceMatch.face_id).where(
-        FaceMatch.event_id == event_id
-    )
+    query = select(
+        FaceMatch.id,
+        FaceMatch.photo_id,
+        FaceMatch.user_id,
+        FaceMatch.face_id,
+        FaceMatch.confirmed_at,
+    ).where(FaceMatch.event_id == event_id)
     if photo_ids is not None:
         query = query.where(FaceMatch.photo_id.in_(photo_ids))
     current = {(row.photo_id, row.user_id): row for row in await session.execute(query)}
-    stale = [row.id for key, row in current.items() if key not in wanted]
+    ruled = {key: row for key, row in current.items() if row.confirmed_at is None}
+    stale = [key for key in ruled if key not in wanted]
     if stale:
-        await session.execute(delete(FaceMatch).where(FaceMatch.id.in_(stale)))
+        await session.execute(delete(FaceMatch).where(FaceMatch.id.in_(ruled[k].id for k in stale)))
     new = [key for key in wanted if key not in current]
     if new:
         now = utcnow()
@@ -179,13 +226,67 @@ async def sync_matches(
                 for photo, user in new
             ],
         )
-    for key, row in current.items():
+    for key, row in ruled.items():
         if key in wanted and row.face_id != wanted[key].face_id:
             await session.execute(
                 update(FaceMatch)
                 .where(FaceMatch.id == row.id)
                 .values(face_id=wanted[key].face_id, distance=wanted[key].distance)
             )
-    return {user for _, user in new} | {
-        user for (photo, user) in current if (photo, user) not in wanted
-    }
+    return {user for _, user in new} | {user for _, user in stale}
+
+
+async def sync_suggestions(
+    session: AsyncSession,
+    event_id: int,
+    wanted: dict[tuple[int, int], Assignment],
+    *,
+    photo_ids: Collection[int] | None = None,
+) -> None:
+    """Make the stored suggestions (of some photos, or the whole event) equal `wanted`, as
+    `sync_matches` does for matches; run after it. A photo the member is matched to (confirmed
+    or not) is never also suggested to them. Idempotent."""
+    matched_query = select(FaceMatch.photo_id, FaceMatch.user_id).where(
+        FaceMatch.event_id == event_id
+    )
+    query = select(
+        MatchSuggestion.id,
+        MatchSuggestion.photo_id,
+        MatchSuggestion.user_id,
+        MatchSuggestion.face_id,
+    ).where(MatchSuggestion.event_id == event_id)
+    if photo_ids is not None:
+        matched_query = matched_query.where(FaceMatch.photo_id.in_(photo_ids))
+        query = query.where(MatchSuggestion.photo_id.in_(photo_ids))
+    matched = {(row.photo_id, row.user_id) for row in await session.execute(matched_query)}
+    wanted = {key: face for key, face in wanted.items() if key not in matched}
+    current = {(row.photo_id, row.user_id): row for row in await session.execute(query)}
+    # A suggestion that points at another face is replaced: its crop would show someone else.
+    stale = [
+        row.id
+        for key, row in current.items()
+        if key not in wanted or row.face_id != wanted[key].face_id
+    ]
+    if stale:
+        await session.execute(delete(MatchSuggestion).where(MatchSuggestion.id.in_(stale)))
+    new = [
+        key
+        for key, face in wanted.items()
+        if key not in current or current[key].face_id != face.face_id
+    ]
+    if new:
+        now = utcnow()
+        await session.execute(
+            insert(MatchSuggestion),
+            [
+                {
+                    "photo_id": photo,
+                    "user_id": user,
+                    "event_id": event_id,
+                    "face_id": wanted[(photo, user)].face_id,
+                    "distance": wanted[(photo, user)].distance,
+                    "created_at": now,
+                }
+                for photo, user in new
+            ],
+        )

@@ -112,7 +112,8 @@ async def my_selfie_image(request: Request) -> Response:
 
 
 @api(
-    "Remove one of my selfies; re-matches me with those left (none left: my matches go)",
+    "Remove one of my selfies; re-matches me with those left (none left: my matches go, "
+    "but those I confirmed)",
     responses={204: "removed", 404: "I have no selfie with this id"},
 )
 async def delete_my_selfie(request: Request) -> Response:

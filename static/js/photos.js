@@ -71,6 +71,8 @@ if (grid) {
     }
     showWork();
     updateCounts();
+    // "Is this you?" (suggestions.js) asks again once matching has finished.
+    if (work) document.dispatchEvent(new CustomEvent("findme:work", { detail: work }));
     workTimer = setTimeout(checkWork, work && work.working ? WORKING_POLL_MS : IDLE_POLL_MS);
   }
 
@@ -481,6 +483,14 @@ if (grid) {
   }
 
   if (share) share.addEventListener("click", sharePhoto);
+
+  // A suggestion confirmed on this page ("Is this you?", suggestions.js) is one of my photos
+  // now: shown at once, without waiting for the live stream to bring it.
+  document.addEventListener("findme:matched", (event) => {
+    const before = items.size;
+    addItem(event.detail, { live: true });
+    if (items.size > before) updateCounts();
+  });
 
   updateCounts();
   loadMore();

@@ -22,10 +22,11 @@ from findme.engines.local.faces import DESCRIPTOR_BYTES, UnreadableImage
 from findme.engines.local.pool import LocalRecognizer
 from findme.engines.matching import (
     FaceRow,
-    assign_faces,
     descriptor_distances,
+    match_faces,
     rejections,
     sync_matches,
+    sync_suggestions,
 )
 from findme.errors import BadRequest, NoFace, SeveralFaces
 from findme.jobs import ClaimedJob
@@ -46,11 +47,13 @@ class LocalEngine(PhotoJobs):
         storage: PhotoStorage,
         recognizer: LocalRecognizer,
         threshold: float,
+        suggestion_margin: float,
         on_matches_changed: MatchesChanged,
     ) -> None:
         super().__init__(db=db, storage=storage, on_matches_changed=on_matches_changed)
         self.recognizer = recognizer
         self._threshold = threshold
+        self._suggestion_margin = suggestion_margin
 
     def describe(self) -> dict[str, str]:
         return {"engine": self.name, "detector": self.recognizer.detector_name}
@@ -80,9 +83,7 @@ class LocalEngine(PhotoJobs):
                 for face_id, face in zip(ids, analysis.faces, strict=True)
             ]
             members = await member_descriptors(session, event_id)
-            rejected = await rejections(session, event_id, photo_ids=[job.photo_id])
-            wanted = assign_faces(faces, members, threshold=self._threshold, rejected=rejected)
-            changed = await sync_matches(session, event_id, wanted, photo_ids=[job.photo_id])
+            changed = await self._match(session, event_id, faces, members, [job.photo_id])
             await finish_photo(session, job.photo_id, found_faces=bool(faces))
         await self._announce(changed)
 
@@ -119,7 +120,9 @@ class LocalEngine(PhotoJobs):
             )
             if face_rows and theirs:
                 _, face_photos, descriptors = zip(*face_rows, strict=True)
-                near = descriptor_distances(descriptors, theirs) < self._threshold
+                # Near enough for a match, or for a suggestion.
+                reach = self._threshold + self._suggestion_margin
+                near = descriptor_distances(descriptors, theirs) < reach
                 photo_ids.update(np.asarray(face_photos)[near.any(axis=1)].tolist())
             if not photo_ids:
                 return
@@ -128,10 +131,30 @@ class LocalEngine(PhotoJobs):
                 for row in face_rows
                 if row.photo_id in photo_ids
             ]
-            rejected = await rejections(session, event_id, photo_ids=photo_ids)
-            wanted = assign_faces(faces, members, threshold=self._threshold, rejected=rejected)
-            changed = await sync_matches(session, event_id, wanted, photo_ids=photo_ids)
+            changed = await self._match(session, event_id, faces, members, photo_ids)
         await self._announce(changed)
+
+    async def _match(
+        self,
+        session: AsyncSession,
+        event_id: int,
+        faces: list[FaceRow],
+        members: list[tuple[int, bytes]],
+        photo_ids: Collection[int],
+    ) -> set[int]:
+        """Match these photos' faces with the members, store matches and suggestions; returns
+        the users whose matches changed."""
+        rejected = await rejections(session, event_id, photo_ids=photo_ids)
+        outcome = match_faces(
+            faces,
+            members,
+            threshold=self._threshold,
+            margin=self._suggestion_margin,
+            rejected=rejected,
+        )
+        changed = await sync_matches(session, event_id, outcome.matches, photo_ids=photo_ids)
+        await sync_suggestions(session, event_id, outcome.suggestions, photo_ids=photo_ids)
+        return changed
 
     # Descriptors live in rows that go with the user, photo or event: nothing else to forget.
 
@@ -204,5 +227,6 @@ async def open_engine(
         storage=storage,
         recognizer=await open_recognizer(stack, settings),
         threshold=settings.match_threshold,
+        suggestion_margin=settings.suggestion_margin,
         on_matches_changed=on_matches_changed,
     )
