@@ -341,10 +341,10 @@ async def measure(srv, matcher, users, cookies, photos, port, args, database_url
     poller = httpx.AsyncClient(base_url=srv.url, cookies={"findme_session": cookies[0]}, timeout=30)
     stop = asyncio.Event()
     polling = asyncio.create_task(poll(poller, 5, stop))
-    busy = await server_cpu(srv.process.pid, 10)
+    busy = await server_cpu(srv.process.pid, 60)
     stop.set()
     await polling
-    print(f"server CPU, + one member polling my photos 5/s: {busy * 100:.1f} % of a core")
+    print(f"server CPU, + one member polling my photos 5/s (60 s): {busy * 100:.1f} % of a core")
 
     # One match at a time, each for another member chosen at random.
     latencies = []

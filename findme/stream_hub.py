@@ -14,7 +14,9 @@ once cost a few batched reads, not two queries each. The first delivery to a str
 not, says it has caught up.
 
 News can be lost (a dropped LISTEN connection), so every RECHECK_S the hub also looks at every
-stream, in one read: the new matches, and whether each session or token still stands.
+stream: the new matches, and whether each session or token still stands. It does so a slice at
+a time (SWEEP_SLICES reads spread over RECHECK_S): one read of 4,000 streams takes about a
+second, during which a burst or a single match would wait.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ Rows = list[tuple[int, dict[str, Any]]]
 
 # How often every stream is looked at, news or not: in case news was lost.
 RECHECK_S = 60.0
+# The streams are looked at in this many slices, one every RECHECK_S / SWEEP_SLICES.
+SWEEP_SLICES = 12
 
 
 class SessionEnded(Exception):
@@ -58,6 +62,8 @@ class Follower:
     inbox: asyncio.Queue[Rows | Exception] = field(default_factory=asyncio.Queue)
     # Whether it has had its backlog (its first delivery, which may be empty).
     caught_up: bool = False
+    # Which slice of the sweep looks at it.
+    slot: int = 0
 
 
 class StreamHub:
@@ -68,11 +74,14 @@ class StreamHub:
         self._due: set[Follower] = set()
         self._reader: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._followed = 0
 
     @contextlib.asynccontextmanager
     async def follow(self, follower: Follower) -> AsyncIterator[Follower]:
         """Sent its backlog, then woken by news of its matches or account, while the block runs."""
         followers = self._followers[follower.principal.id]
+        follower.slot = self._followed % SWEEP_SLICES
+        self._followed += 1
         followers.add(follower)
         if self._sweeper is None or self._sweeper.done():
             self._sweeper = asyncio.create_task(self._sweep_while_followed())
@@ -105,13 +114,17 @@ class StreamHub:
                     await task
 
     async def _sweep_while_followed(self) -> None:
-        """Every RECHECK_S, one read for every stream: one timer for the process, not one per
-        stream, so thousands of idle pages cost one batched read a minute."""
+        """Every stream looked at once per RECHECK_S, a slice at a time: one timer for the
+        process, not one per stream, so thousands of idle pages cost a few batched reads a
+        minute."""
+        tick = 0
         while self._followers:
-            await asyncio.sleep(RECHECK_S)
+            await asyncio.sleep(RECHECK_S / SWEEP_SLICES)
+            slot, tick = tick % SWEEP_SLICES, tick + 1
             for followers in self._followers.values():
                 for follower in followers:
-                    self.wake(follower)
+                    if follower.slot == slot:
+                        self.wake(follower)
 
     async def _read_while_due(self) -> None:
         while self._due:

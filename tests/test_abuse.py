@@ -18,7 +18,7 @@ import pytest
 
 from findme.db import Database, Role
 from findme.domain.accounts import create_user
-from findme.stream_hub import RECHECK_S
+from findme.stream_hub import RECHECK_S, SWEEP_SLICES
 from tests.conftest import PASSWORD, Server, serve, with_settings
 from tests.scenes import EventStream, add_matches, join, jpeg, open_stream, upload
 
@@ -219,8 +219,9 @@ async def test_signing_out_on_another_instance_ends_the_stream(watched, settings
         async with open_stream(me) as stream:
             assert await stream.until_ready() == []
             assert (await elsewhere.post("/api/auth/logout")).status_code == 204
-            # Sooner than the stream's own periodic look: the news crossed over (NOTIFY).
-            sent = await until_end(stream, timeout_s=RECHECK_S / 2)
+            # Sooner than the hub's first periodic look at any stream: the news crossed over
+            # (NOTIFY).
+            sent = await until_end(stream, timeout_s=RECHECK_S / SWEEP_SLICES / 2)
             assert [message.get("event") for message in sent] == ["end"]
     assert (await me.get("/api/my-photos/stream")).status_code == 401
 
