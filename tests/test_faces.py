@@ -226,6 +226,23 @@ def test_a_camera_sized_group_shot_finds_and_matches_every_face(group, match):
         assert match(face.descriptor) == person, (person, box)
 
 
+def test_a_camera_photo_keeps_a_face_both_passes_could_leave_to_the_other(match):
+    # e13 framed in 24 MP, as a camera gives it: Biden's face is just wider than the tiles'
+    # overlap in a tile, which leaves it to the coarse pass, and just narrower there.
+    framed = ImageOps.pad(
+        Image.open(faces_dir() / "event" / "e13.jpg").convert("RGB"),
+        (6000, 4000),
+        Image.Resampling.BICUBIC,
+        color=(118, 112, 104),
+    )
+    out = io.BytesIO()
+    framed.save(out, "JPEG", quality=95)
+    analysis = analyse_photo(out.getvalue(), min_face_px=MIN_FACE_PX)
+    assert len(analysis.faces) == manifest()["event"]["e13.jpg"]["faces"]
+    found = {match(face.descriptor) for face in analysis.faces}
+    assert set(manifest()["event"]["e13.jpg"]["people"]) <= found
+
+
 @pytest.mark.parametrize(
     ("fmt", "orientation", "stored"),
     [

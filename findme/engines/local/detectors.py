@@ -55,6 +55,10 @@ CNN_TILE_PIXELS = 640_000
 # Tiles overlap by this many scanned pixels, so a face narrower than that is whole in one tile;
 # wider faces are the coarse pass's (51 px there at a 1600 px scan, well within its reach).
 CNN_TILE_OVERLAP_PX = 128
+# The coarse pass keeps faces from this share of the overlap: a face's box differs a little
+# from one scale to the other, and one measured just under the overlap there but over it in a
+# tile would otherwise be dropped by both. Found twice, it is kept once (`_suppress_overlaps`).
+CNN_COARSE_KEEPS_FROM = 0.75
 # A detection this close to an edge shared with another tile is a face cut by it: the
 # neighbouring tile, or the coarse pass, holds it whole.
 _TILE_EDGE_PX = 4
@@ -165,7 +169,7 @@ class CnnDetector:
             # only the large faces, since the fine scan sees small ones better. Resized from the
             # scan, which is far smaller than the photo and sharp enough for faces this size.
             coarse = _resized(scan, CNN_COARSE_SCAN_PX / max(scan.size))
-            smallest = CNN_TILE_OVERLAP_PX * to_pixels[0]
+            smallest = CNN_TILE_OVERLAP_PX * CNN_COARSE_KEEPS_FROM * to_pixels[0]
             found += [
                 d
                 for d in self._scan(
