@@ -24,7 +24,7 @@ services:
 test: install services
 	$(VENV)/bin/python -m pytest -n auto --dist loadfile
 
-# Every benchmark, each printing its figures (docs/BENCHMARKS.md); about ten minutes on 2 cores
+# Every benchmark, each printing its figures (docs/BENCHMARKS.md); about half an hour on 2 cores
 # the first time (test photos are generated and cached in bench/.cache), less afterwards.
 bench: install services
 	@command -v wrk >/dev/null || scripts/apt-install.sh wrk
