@@ -210,10 +210,24 @@ class Authenticator:
         session_id = self._session_id(cookie)
         if session_id is None:
             return None
-        browser = await self._sessions.get((session_id,), lambda: self._load_session(session_id))
+        # A session read from the database comes with its account, in one query: after a
+        # restart, thousands of pages reconnect with every cache cold.
+        read_with_it: list[User | None] = []
+
+        async def load_session() -> BrowserSession | None:
+            browser, user = await self._load_session(session_id)
+            read_with_it.append(user)
+            return browser
+
+        browser = await self._sessions.get((session_id,), load_session)
         if browser is None or browser.expires_at <= utcnow():
             return None
-        user = await self._users.get((browser.user_id,), lambda: self._load_user(browser.user_id))
+        user_id = browser.user_id
+
+        async def load_user() -> User | None:
+            return read_with_it[0] if read_with_it else await self._load_user(user_id)
+
+        user = await self._users.get((user_id,), load_user)
         return None if user is None else Principal(user=user, session=browser)
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - one Authenticator per app
@@ -225,10 +239,16 @@ class Authenticator:
             return None
         return session_id
 
-    async def _load_session(self, session_id: str) -> BrowserSession | None:
+    async def _load_session(self, session_id: str) -> tuple[BrowserSession | None, User | None]:
         async with self._db.sessions() as session:
-            found: BrowserSession | None = await session.get(BrowserSession, session_id)
-            return found
+            row = (
+                await session.execute(
+                    select(BrowserSession, User)
+                    .join(User, User.id == BrowserSession.user_id)
+                    .where(BrowserSession.id == session_id)
+                )
+            ).one_or_none()
+        return (None, None) if row is None else (row[0], row[1])
 
     async def _load_user(self, user_id: int) -> User | None:
         async with self._db.sessions() as session:
