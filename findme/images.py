@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import mmap
 import struct
 import warnings
@@ -170,20 +171,32 @@ def thumbnail_of(
     pixels), the face taking `face_share` of its side. Raises what Pillow raises for broken
     pixels."""
     with Image.open(io.BytesIO(data)) as image:
+        stored_width = image.width
+        # draft() lets the JPEG decoder scale by 1/2..1/8 while decoding: a 24 MP photo becomes
+        # a thumbnail, or a face's square, without ever holding its full-size pixels.
         if around is None:
-            # draft() lets the JPEG decoder scale by 1/2..1/8 while decoding: a 24 MP photo
-            # becomes a thumbnail without ever holding its full-size pixels.
             image.draft("RGB", (size_px, size_px))
+        else:
+            # The square needs `size_px` pixels across, not the whole photo's.
+            keep = min(1.0, size_px / _square_side(around, face_share))
+            image.draft("RGB", (math.ceil(image.width * keep), math.ceil(image.height * keep)))
         image.load()
+        scale = image.width / stored_width
         upright = ImageOps.exif_transpose(image)
     if around is not None:
-        left, top, right, bottom = around
+        left, top, right, bottom = (value * scale for value in around)
         # A selfie's square is twice the face (some hair and shoulders); a face cut from an
         # event photo keeps closer, so that it shows little of the people beside it.
-        half = round(max(right - left, bottom - top) / face_share / 2)
-        centre_x, centre_y = (left + right) // 2, (top + bottom) // 2
+        half = round(_square_side(around, face_share) * scale / 2)
+        centre_x, centre_y = round((left + right) / 2), round((top + bottom) / 2)
         upright = upright.crop((centre_x - half, centre_y - half, centre_x + half, centre_y + half))
     return encode_thumbnail(upright, size_px)
+
+
+def _square_side(face: tuple[int, int, int, int], face_share: float) -> float:
+    """The side of the square around a face box whose side the face takes `face_share` of."""
+    left, top, right, bottom = face
+    return max(right - left, bottom - top) / face_share
 
 
 def encode_thumbnail(upright: Image.Image, size_px: int) -> bytes:

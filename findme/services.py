@@ -126,7 +126,7 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
 
 def build_notifier(state: AppState) -> AbstractAsyncContextManager[object]:
     """New-photo emails, sent by the processes that run the workers, when email can be sent."""
-    if not notifications_available(state.settings):
+    if not notifications_available(state.mailer, state.settings):
         return nullcontext()
     return Notifier(db=state.db, mailer=state.mailer, settings=state.settings)
 

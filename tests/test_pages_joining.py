@@ -1,6 +1,6 @@
-"""The event's link in Chromium, with email configured: the organiser allows sign-in by emailed
-link, a returning guest signs in by it on a phone, and a signed-in guest without a selfie joins
-with one tap after choosing it."""
+"""Emailed links in Chromium: the organiser allows sign-in by emailed link, a returning guest
+signs in by it on a phone, and a signed-in guest without a selfie joins with one tap after
+choosing it; a sign-up is finished by its link's button."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from playwright.async_api import expect
 
 from findme.db import Role
 from tests import test_passwords
-from tests.browser import SIZES, SLOW_MS, add_account, shot, sign_in
+from tests.browser import SIZES, SLOW_MS, add_account, shot, sign_in, sign_up
 from tests.conftest import serve
 from tests.shared_faces import faces_dir, manifest
 from tests.test_passwords import link_in
@@ -87,4 +87,23 @@ async def test_a_guest_signs_in_by_an_emailed_link_and_joins_with_a_selfie(
             page = await (await contexts(url, size)).new_page()
             await page.goto(join_url)
             await shot(page, "join-newcomer-with-link", size)
+        contexts.assert_no_errors()
+
+
+async def test_a_sign_up_is_finished_by_the_emailed_links_button(settings, contexts, inbox):
+    mails, _ = inbox
+    async with serve(settings) as url:
+        page = await (await contexts(url, "phone")).new_page()
+        await page.goto("/register?next=/my-photos")
+        await sign_up(page, "Noor", "noor@example.com")
+        await expect(page.locator("#register-sent")).to_contain_text("Check your inbox")
+        link, _ = link_in((await mails.wait_for(1))[0])
+        await page.goto(link)
+        await page.get_by_role("button", name="Create my account").click()
+        # On to the selfie, and from there where the person was going.
+        await expect(page).to_have_url(re.compile(r"/selfie\?next=%2Fmy-photos$"))
+        again = await (await contexts(url, "phone")).new_page()
+        await again.goto(link)
+        await again.get_by_role("button", name="Create my account").click()
+        await expect(again.locator("#signup-confirm-form [data-error]")).not_to_be_empty()
         contexts.assert_no_errors()

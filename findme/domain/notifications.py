@@ -64,10 +64,10 @@ class UnsubscribeLinkInvalid(BadRequest):
     code = "unsubscribe_link_invalid"
 
 
-def available(settings: Settings) -> bool:
+def available(mailer: Mailer, settings: Settings) -> bool:
     """Whether new-photo emails can be sent: a mail server, and the site's address for links
     (a round runs outside any request, so it cannot take the address from one)."""
-    return bool(settings.smtp_host and settings.public_url)
+    return mailer.configured and bool(settings.public_url)
 
 
 def unsubscribe_token(settings: Settings, *, user_id: int, event_id: int) -> str:
@@ -105,7 +105,7 @@ async def set_new_photos(state: AppState, principal: Principal, event_id: int, *
     Turning them on starts after the photos the member has now: they have seen those already.
     Turning them on again keeps the hour since the last email, so switching costs nothing.
     """
-    if on and not available(state.settings):
+    if on and not available(state.mailer, state.settings):
         raise NotificationsUnavailable()
     async with state.db.sessions() as session:
         await _membership(state, session, principal, event_id)
@@ -138,8 +138,12 @@ async def event_of_token(state: AppState, token: str) -> tuple[int, str]:
     link; a link of a deleted event still reads, as there is nothing left to send)."""
     _, event_id = _read_token(state.settings, token)
     async with state.db.sessions() as session:
-        name = await session.scalar(select(Event.name).where(Event.id == event_id))
-    return event_id, name or "this event"
+        return event_id, await _event_name(session, event_id)
+
+
+async def _event_name(session: AsyncSession, event_id: int) -> str:
+    name = await session.scalar(select(Event.name).where(Event.id == event_id))
+    return name or "this event"
 
 
 async def unsubscribe(state: AppState, token: str) -> str:
@@ -150,8 +154,7 @@ async def unsubscribe(state: AppState, token: str) -> str:
         member = await session.get(EventMember, (event_id, user_id), with_for_update=True)
         if member is not None:
             member.notify_new_photos = False
-    _, event_name = await event_of_token(state, token)
-    return event_name
+        return await _event_name(session, event_id)
 
 
 def unsubscribed_sentence(event_name: str) -> str:
@@ -175,7 +178,7 @@ async def send_new_photo_mails(
     newest of them at least FINDME_NOTIFY_QUIET_S old, so a batch being uploaded is mailed
     once it settles rather than photo by photo. `now` lets tests move time along.
     """
-    if not available(settings):
+    if not available(mailer, settings):
         return 0
     now = now or utcnow()
     sent = 0

@@ -68,7 +68,8 @@ async def change_setting(request: Request) -> Response:
 
 
 def _setting(request: Request, on: bool) -> Response:
-    available = notifications.available(app_state(request).settings)
+    state = app_state(request)
+    available = notifications.available(state.mailer, state.settings)
     return json_response({"new_photos": on, "available": available})
 
 

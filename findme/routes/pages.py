@@ -386,7 +386,7 @@ async def my_photos(request: Request) -> Response:
         title="My photos",
         max_selfies=MAX_SELFIES,
         member=member,
-        notify_available=notifications.available(state.settings),
+        notify_available=notifications.available(state.mailer, state.settings),
         **found,
     )
 

@@ -60,18 +60,20 @@ if (register) {
   });
 }
 
-const confirm = document.getElementById("signup-confirm-form");
-if (confirm) {
-  confirm.addEventListener("submit", async (event) => {
+// An emailed link's page: its button spends the token (a GET never does: mail scanners open
+// links), then the person goes on where the answer says.
+function spendOnSubmit(form, label, path, goOn) {
+  if (!form) return;
+  form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    showError(confirm, "");
+    showError(form, "");
     try {
-      const reply = await busy(confirm.querySelector("[type=submit]"), "Creating your account…", () =>
-        api("/api/auth/register/confirm", { method: "POST", json: { token: confirm.dataset.token } }),
+      const reply = await busy(form.querySelector("[type=submit]"), label, () =>
+        api(path, { method: "POST", json: { token: form.dataset.token } }),
       );
-      goToSelfie(safeNext(reply.next));
+      goOn(safeNext(reply.next));
     } catch (error) {
-      showError(confirm, error.detail);
+      showError(form, error.detail);
     }
   });
 }
@@ -81,19 +83,7 @@ function goToSelfie(next) {
   location.assign(next.startsWith("/selfie") ? next : "/selfie?next=" + encodeURIComponent(next));
 }
 
-// The emailed sign-in link: the button spends it (a GET never does: mail scanners open links).
-const linkSignIn = document.getElementById("link-sign-in-form");
-if (linkSignIn) {
-  linkSignIn.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    showError(linkSignIn, "");
-    try {
-      const reply = await busy(linkSignIn.querySelector("[type=submit]"), "Signing in…", () =>
-        api("/api/auth/sign-in-link/confirm", { method: "POST", json: { token: linkSignIn.dataset.token } }),
-      );
-      location.assign(safeNext(reply.next));
-    } catch (error) {
-      showError(linkSignIn, error.detail);
-    }
-  });
-}
+spendOnSubmit(document.getElementById("signup-confirm-form"), "Creating your account…", "/api/auth/register/confirm", goToSelfie);
+spendOnSubmit(document.getElementById("link-sign-in-form"), "Signing in…", "/api/auth/sign-in-link/confirm", (next) =>
+  location.assign(next),
+);

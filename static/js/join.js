@@ -14,20 +14,26 @@ function refusedSince(error) {
   return false;
 }
 
+/** Join with the code, then open my photos; a refusal is said in `box` (or the page reloads to
+ * say joining closed meanwhile). */
+async function joinAndOpen(code, button, box) {
+  try {
+    const { event } = await busy(button, "Joining…", () =>
+      api("/api/events/join", { method: "POST", json: { code } }),
+    );
+    location.assign(photosOf(event));
+  } catch (error) {
+    if (handleSignedOut(error) || refusedSince(error)) return;
+    showError(box, error.detail);
+  }
+}
+
 const button = document.getElementById("join");
 if (button) {
-  button.addEventListener("click", async () => {
+  button.addEventListener("click", () => {
     const card = button.closest("section");
     showError(card, "");
-    try {
-      const { event } = await busy(button, "Joining…", () =>
-        api("/api/events/join", { method: "POST", json: { code: button.dataset.code } }),
-      );
-      location.assign(photosOf(event));
-    } catch (error) {
-      if (handleSignedOut(error) || refusedSince(error)) return;
-      showError(card, error.detail);
-    }
+    joinAndOpen(button.dataset.code, button, card);
   });
 }
 
@@ -84,15 +90,7 @@ if (selfieJoin) {
       if (!handleSignedOut(error)) showError(selfieJoin, selfieProblem(error));
       return;
     }
-    try {
-      const { event } = await busy(submit, "Joining…", () =>
-        api("/api/events/join", { method: "POST", json: { code: selfieJoin.dataset.code } }),
-      );
-      location.assign(photosOf(event));
-    } catch (error) {
-      if (handleSignedOut(error) || refusedSince(error)) return;
-      showError(selfieJoin, error.detail);
-    }
+    await joinAndOpen(selfieJoin.dataset.code, submit, selfieJoin);
   });
 }
 
