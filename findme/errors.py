@@ -12,7 +12,8 @@ class FindMeError(Exception):
     code = "internal_error"
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
-        self.detail = detail or (self.__doc__ or "").strip()
+        # A class's docstring is its sentence, folded over lines in the source: one line here.
+        self.detail = detail or " ".join((self.__doc__ or "").split())
         self.extra = extra
         super().__init__(self.detail)
 

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from findme.api_schemas import Body, Reply, ref
 from findme.auth import check_origin
-from findme.domain.accounts import MAX_PASSWORD_CHARS, normalise_email
+from findme.domain.accounts import normalise_email
 from findme.domain.events import event_by_code, role_of
 from findme.domain.newcomers import join_as_newcomer
 from findme.domain.passwords import EmailNotConfigured
@@ -68,7 +68,7 @@ async def join_as_new_guest(request: Request) -> Response:
         code=text_field(fields, "code", max_chars=32),
         name=text_field(fields, "name", max_chars=120),
         email=normalise_email(text_field(fields, "email", max_chars=254)),
-        password=fields.get("password", "")[:MAX_PASSWORD_CHARS],
+        password=fields.get("password", ""),
         selfie=selfie,
     )
     response = json_response(
