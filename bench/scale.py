@@ -14,10 +14,12 @@ joins changes nobody else's photos. At each size:
   `/api/my-photos` and `/api/all-photos` as a member who is in every tenth photo, and of
   `/api/all-photos` as the organiser; the first page of both as a member in few photos (about
   20 of the 10,000);
-- a late joiner: an account with a real selfie from ../shared/faces (analysed by the server)
-  whose face is in 50 of the photos joins; the time from the join request until
-  `/api/me/status` says done and `/api/my-photos` lists exactly those 50, and the job's own
-  timestamps.
+- two late joiners, one after the other: accounts with a real selfie from ../shared/faces
+  (analysed by the server) whose faces are in 50 of the photos each join; the time from the
+  join request until `/api/me/status` says done and `/api/my-photos` lists exactly those 50,
+  and the job's own timestamps. The first is the first join since the server started: its job
+  reads the event's faces into the worker's face index; the second finds them there, as every
+  join of a running event does.
 
 Then EXPLAIN (ANALYZE, BUFFERS) of the statements the app runs for these lists and for the late
 joiner (their job, run again in this process, and their status), captured from the domain and
@@ -66,8 +68,9 @@ MEASURED_EVERY = 10
 # Of the other faces, this share are members (each a random one), the rest strangers.
 MEMBER_SHARE = 0.75
 JOINER_PHOTOS = 50
-# One late joiner per size, each a different person of the shared set.
-JOINERS = ("obama", "biden")
+# Two late joiners per size (the first after a restart, then the next), each a different
+# person of the shared set.
+JOINERS = (("obama", "alex_lacamoire"), ("biden", "kit_harington"))
 PAGE = 50
 # The deep page is the last full one: this many of the list lie after its cursor.
 DEEP_REMAINDER = 60
@@ -81,7 +84,8 @@ SETTINGS = {
     "FINDME_SECRET_KEY": "bench-scale-secret-kept-for-the-run",
 }
 STRANGER = -1
-JOINER = -2
+# A late joiner is -2 - their index among the size's joiners.
+FIRST_JOINER = -2
 
 
 @dataclass
@@ -208,10 +212,15 @@ async def insert_done_jobs(
 
 
 async def seed_photos(
-    connection: asyncpg.Connection, crowd: Crowd, *, start: int, stop: int, joiner: np.ndarray
-) -> list[str]:
-    """Processed photos `start`…`stop - 1` of the event with their faces and matches; the
-    joiner's face is in 50 of them. Returns the filenames the joiner should see."""
+    connection: asyncpg.Connection,
+    crowd: Crowd,
+    *,
+    start: int,
+    stop: int,
+    joiners: list[np.ndarray],
+) -> list[list[str]]:
+    """Processed photos `start`…`stop - 1` of the event with their faces and matches; each
+    joiner's face is in 50 of them. Returns the filenames each joiner should see."""
     rng = np.random.default_rng(start)
     count = stop - start
     now = dt.datetime.now(dt.UTC)
@@ -245,13 +254,17 @@ async def seed_photos(
     )
     who[(np.arange(start, stop) % MEASURED_EVERY) == 0, 0] = 0
     who[who[:, 1] == who[:, 0], 1] = STRANGER  # nobody twice in one photo
-    joiner_rows = rng.choice(count, JOINER_PHOTOS, replace=False)
-    who[joiner_rows, 1] = JOINER
+    joiner_rows = rng.choice(count, (len(joiners), JOINER_PHOTOS), replace=False)
+    for index, rows in enumerate(joiner_rows):
+        who[rows, 1] = FIRST_JOINER - index
     flat = who.ravel()
     descriptors = unit_vectors(rng, len(flat))
     is_member = flat >= 0
     descriptors[is_member] = moved(rng, crowd.selfies[flat[is_member]])
-    descriptors[flat == JOINER] = moved(rng, np.repeat(joiner[None, :], JOINER_PHOTOS, axis=0))
+    for index, joiner in enumerate(joiners):
+        descriptors[flat == FIRST_JOINER - index] = moved(
+            rng, np.repeat(joiner[None, :], JOINER_PHOTOS, axis=0)
+        )
     face_photo_ids = np.repeat(photo_ids, FACES_PER_PHOTO).tolist()
     face_ids = await insert(
         connection,
@@ -281,7 +294,7 @@ async def seed_photos(
     crowd.measured_photo_ids += [photo_ids[row] for row in np.flatnonzero(who[:, 0] == 0)]
     await insert_done_jobs(connection, JobKind.process_photo, crowd.event_id, photos=photo_ids)
     await connection.execute("ANALYZE")
-    return sorted(names[row] for row in joiner_rows)
+    return [sorted(names[row] for row in rows) for rows in joiner_rows]
 
 
 @dataclass(frozen=True)
@@ -291,22 +304,22 @@ class Joiner:
     descriptor: np.ndarray
 
 
-async def enrol_joiners(url: str, connection: asyncpg.Connection) -> list[Joiner]:
-    """Accounts with a real selfie each, analysed by the server; not members of the event."""
-    joiners = []
-    for person in JOINERS:
-        client = await sign_up(url, person)
-        selfie = (faces_dir() / manifest()["selfies"][person]).read_bytes()
-        response = await client.put(
-            "/api/me/selfie", files={"file": ("me.jpg", selfie)}, data={"consent": "true"}
-        )
-        response.raise_for_status()
-        user_id = (await client.get("/api/me")).json()["user"]["id"]
-        stored = await connection.fetchval(
-            "SELECT descriptor FROM selfies WHERE user_id = $1", user_id
-        )
-        joiners.append(Joiner(client, user_id, np.frombuffer(stored, "<f4").astype(np.float64)))
-    return joiners
+async def enrol_joiners(url: str, connection: asyncpg.Connection) -> list[list[Joiner]]:
+    """Accounts with a real selfie each, analysed by the server; not members of the event.
+    Grouped as `JOINERS` is: by size."""
+    return [[await enrol_joiner(url, connection, person) for person in size] for size in JOINERS]
+
+
+async def enrol_joiner(url: str, connection: asyncpg.Connection, person: str) -> Joiner:
+    client = await sign_up(url, person)
+    selfie = (faces_dir() / manifest()["selfies"][person]).read_bytes()
+    response = await client.put(
+        "/api/me/selfie", files={"file": ("me.jpg", selfie)}, data={"consent": "true"}
+    )
+    response.raise_for_status()
+    user_id = (await client.get("/api/me")).json()["user"]["id"]
+    stored = await connection.fetchval("SELECT descriptor FROM selfies WHERE user_id = $1", user_id)
+    return Joiner(client, user_id, np.frombuffer(stored, "<f4").astype(np.float64))
 
 
 @dataclass(frozen=True)
@@ -363,7 +376,12 @@ async def measure_lists(url: str, crowd: Crowd, organiser: str, seconds: float) 
 
 
 async def late_joiner(
-    joiner: Joiner, code: str, expected: list[str], connection: asyncpg.Connection
+    joiner: Joiner,
+    code: str,
+    expected: list[str],
+    connection: asyncpg.Connection,
+    *,
+    label: str,
 ) -> None:
     """Join, then follow /api/me/status until done and read my-photos: the time it all took."""
     started = time.perf_counter()
@@ -385,14 +403,14 @@ async def late_joiner(
         "WHERE kind = 'match_member' AND user_id = $1 ORDER BY id DESC LIMIT 1",
         joiner.user_id,
     )
-    print(f"late joiner complete: {complete_ms:.0f} ms", flush=True)
+    print(f"{label} complete: {complete_ms:.0f} ms", flush=True)
     waited = (job["started_at"] - job["created_at"]).total_seconds() * 1000
     ran = (job["finished_at"] - job["started_at"]).total_seconds() * 1000
-    print(f"late joiner job queued → started: {waited:.0f} ms", flush=True)
-    print(f"late joiner job started → done: {ran:.0f} ms", flush=True)
-    print(f"late joiner job queued → done: {waited + ran:.0f} ms", flush=True)
+    print(f"{label} job queued → started: {waited:.0f} ms", flush=True)
+    print(f"{label} job started → done: {ran:.0f} ms", flush=True)
+    print(f"{label} job queued → done: {waited + ran:.0f} ms", flush=True)
     print(
-        f"late joiner photos: {len(names)} listed, {len(set(names) & set(expected))} of "
+        f"{label} photos: {len(names)} listed, {len(set(names) & set(expected))} of "
         f"{len(expected)} expected, job {job['status']}",
         flush=True,
     )
@@ -520,9 +538,13 @@ async def main() -> None:
             joiners = await enrol_joiners(srv.url, connection)
         crowd = await seed_members(connection, event_id=created["id"], organiser_id=organiser_id)
         start = 0
-        for size, joiner in zip(SIZES, joiners, strict=True):
+        for size, pair in zip(SIZES, joiners, strict=True):
             expected = await seed_photos(
-                connection, crowd, start=start, stop=size, joiner=joiner.descriptor
+                connection,
+                crowd,
+                start=start,
+                stop=size,
+                joiners=[joiner.descriptor for joiner in pair],
             )
             start = size
             faces = await connection.fetchval("SELECT count(*) FROM faces")
@@ -534,12 +556,14 @@ async def main() -> None:
             )
             with server(database_url, **SETTINGS) as srv:
                 await measure_lists(srv.url, crowd, organiser_email, args.seconds)
-                joiner.client.base_url = httpx.URL(srv.url)
-                await late_joiner(joiner, created["code"], expected, connection)
+                labels = ("late joiner, first since the restart,", "next late joiner")
+                for joiner, theirs, label in zip(pair, expected, labels, strict=True):
+                    joiner.client.base_url = httpx.URL(srv.url)
+                    await late_joiner(joiner, created["code"], theirs, connection, label=label)
             after = await connection.fetchval("SELECT count(*) FROM face_matches")
-            print(f"matches changed by the join: {after - matches:+d} (the joiner's 50)")
-            await explain(database_url, crowd, joiner, plans=size == SIZES[-1])
-        for joiner in joiners:
+            print(f"matches changed by the joins: {after - matches:+d} (the joiners' 50 each)")
+            await explain(database_url, crowd, pair[-1], plans=size == SIZES[-1])
+        for joiner in (joiner for pair in joiners for joiner in pair):
             await joiner.client.aclose()
         await connection.close()
     print(f"\n{load()}")

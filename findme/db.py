@@ -306,10 +306,12 @@ class Face(Base):
     """A face found in a photo: biometric data, deleted with its event or by retention."""
 
     __tablename__ = "faces"
+    # The worker's face index asks an event's count and newest id of this index alone.
+    __table_args__ = (Index("ix_faces_event_id_id", "event_id", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)
-    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"))
     box: Mapped[list[int]] = mapped_column(JSON)
     descriptor: Mapped[bytes | None] = mapped_column(LargeBinary)
     cloud_face_id: Mapped[str | None] = mapped_column(String(64))

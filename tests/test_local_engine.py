@@ -13,6 +13,8 @@ from findme.db import (
     EventMember,
     Face,
     FaceMatch,
+    Job,
+    JobStatus,
     Photo,
     PhotoStatus,
     RejectedMatch,
@@ -22,6 +24,7 @@ from findme.db import (
 )
 from findme.engines.local.engine import member_descriptors
 from findme.engines.matching import FaceRow, assign_faces, rejections, sync_matches
+from findme.services import build_pipeline, open_services
 from tests.scenes import drain
 
 
@@ -107,11 +110,17 @@ async def _whole_event(session, event_id: int):
     )
 
 
-async def _matches_of_joe(db: Database, settings, ids: dict[str, int]) -> dict[str, set[str]]:
-    """Run Joe's matching job; then everyone's photos, checked against the whole event's."""
+async def _matches_of_joe(
+    db: Database, settings, ids: dict[str, int], *, pipeline=None
+) -> dict[str, set[str]]:
+    """Run Joe's matching job (by `pipeline`, or a new one); then everyone's photos, checked
+    against the whole event's."""
     async with db.transaction() as session:
         await jobs.enqueue_member_match(session, event_id=ids["event"], user_id=ids["joe"])
-    assert (await drain(settings))["done"] == 1
+    await (drain(settings) if pipeline is None else pipeline.run_burst())
+    async with db.sessions() as session:
+        statuses = (await session.scalars(select(Job.status).order_by(Job.id))).all()
+    assert statuses[-1] == JobStatus.done and set(statuses) == {JobStatus.done}
     names = {photo_id: name for name, photo_id in ids.items() if name.endswith(".jpg")}
     people = {ids[name]: name for name in ("alice", "bob", "joe")}
     async with db.sessions() as session:
@@ -158,5 +167,47 @@ async def test_a_joiner_and_a_new_selfie_match_as_the_whole_event_would(settings
         async with db.transaction() as session:
             await session.execute(delete(Selfie).where(Selfie.user_id == ids["joe"]))
         assert (await _matches_of_joe(db, settings, ids))["joe"] == set()
+    finally:
+        await db.aclose()
+
+
+async def test_a_worker_kept_running_matches_as_the_whole_event_would(settings) -> None:
+    """One engine for every job, as a server's: the event's faces it holds in memory follow the
+    photos deleted and added between two of Joe's matchings."""
+    db = Database(settings)
+    try:
+        ids = await _scene(db)
+        async with open_services(settings, run_workers=False) as state:
+            pipeline = build_pipeline(state)
+            async with db.transaction() as session:
+                session.add(EventMember(event_id=ids["event"], user_id=ids["joe"]))
+            joined = await _matches_of_joe(db, settings, ids, pipeline=pipeline)
+            assert joined["joe"] == {"between.jpg", "joe.jpg", "pair.jpg"}
+
+            async with db.transaction() as session:
+                await session.execute(delete(Photo).where(Photo.id == ids["joe.jpg"]))
+                photo = Photo(
+                    event_id=ids["event"],
+                    filename="joe_later.jpg",
+                    sha256="f" * 64,
+                    content_type="image/jpeg",
+                    size_bytes=1,
+                    width=1,
+                    height=1,
+                    status=PhotoStatus.done,
+                )
+                session.add(photo)
+                await session.flush()
+                ids["joe_later.jpg"] = photo.id
+                later = Face(
+                    photo_id=photo.id, event_id=ids["event"], box=[0, 0, 1, 1], descriptor=JOE
+                )
+                session.add(later)
+            # The photo came without its own job: only Joe's matching can find him in it.
+            assert (await _matches_of_joe(db, settings, ids, pipeline=pipeline))["joe"] == {
+                "between.jpg",
+                "pair.jpg",
+                "joe_later.jpg",
+            }
     finally:
         await db.aclose()

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection
 from contextlib import AsyncExitStack
 
-import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from findme.db import Database, EventMember, Face, FaceMatch, Selfie
+from findme.db import Database, EventMember, FaceMatch, Selfie
 from findme.engines.base import (
     EnrolledSelfie,
     MatchesChanged,
@@ -18,11 +17,11 @@ from findme.engines.base import (
     finish_photo,
     store_faces,
 )
+from findme.engines.local.face_index import FaceIndex
 from findme.engines.local.faces import DESCRIPTOR_BYTES, UnreadableImage
 from findme.engines.local.pool import LocalRecognizer
 from findme.engines.matching import (
     FaceRow,
-    descriptor_distances,
     match_faces,
     rejections,
     sync_matches,
@@ -54,6 +53,7 @@ class LocalEngine(PhotoJobs):
         self.recognizer = recognizer
         self._threshold = threshold
         self._suggestion_margin = suggestion_margin
+        self.face_index = FaceIndex()
 
     def describe(self) -> dict[str, str]:
         return {"engine": self.name, "detector": self.recognizer.detector_name}
@@ -91,24 +91,15 @@ class LocalEngine(PhotoJobs):
         """A member joined or changed selfie: match again the photos they may gain or lose.
 
         No photo is decoded again. The member alone is compared with every stored face of the
-        event (one query, one matrix product, no object per face: a 10,000-photo event has
-        20,000 faces); the photos where a face is near them, or that were theirs, are then
-        matched with every member as a new photo would be. No other photo can change: the
-        member is near none of its faces, and it was not theirs.
+        event (held in memory, see face_index.py: a 10,000-photo event has 20,000 faces); the
+        photos where a face is near them, or that were theirs, are then matched with every
+        member as a new photo would be. No other photo can change: the member is near none of
+        its faces, and it was not theirs.
         """
         assert job.event_id is not None and job.user_id is not None
         event_id, user_id = job.event_id, job.user_id
         async with self._event_writes(event_id) as session:
-            # Through the connection, not the ORM: processing 20,000 rows as ORM results took
-            # longer than the query itself.
-            connection = await session.connection()
-            face_rows = (
-                await connection.execute(
-                    select(Face.id, Face.photo_id, Face.descriptor).where(
-                        Face.event_id == event_id, Face.descriptor.is_not(None)
-                    )
-                )
-            ).all()
+            event_faces = await self.face_index.current(await session.connection(), event_id)
             members = await member_descriptors(session, event_id)
             theirs = [descriptor for member, descriptor in members if member == user_id]
             photo_ids = set(
@@ -118,19 +109,12 @@ class LocalEngine(PhotoJobs):
                     )
                 )
             )
-            if face_rows and theirs:
-                _, face_photos, descriptors = zip(*face_rows, strict=True)
-                # Near enough for a match, or for a suggestion.
-                reach = self._threshold + self._suggestion_margin
-                near = descriptor_distances(descriptors, theirs) < reach
-                photo_ids.update(np.asarray(face_photos)[near.any(axis=1)].tolist())
+            # Near enough for a match, or for a suggestion.
+            reach = self._threshold + self._suggestion_margin
+            photo_ids |= event_faces.photos_near(theirs, reach=reach)
             if not photo_ids:
                 return
-            faces = [
-                FaceRow(row.id, row.photo_id, row.descriptor)
-                for row in face_rows
-                if row.photo_id in photo_ids
-            ]
+            faces = event_faces.faces_of(photo_ids)
             changed = await self._match(session, event_id, faces, members, photo_ids)
         await self._announce(changed)
 
@@ -156,19 +140,25 @@ class LocalEngine(PhotoJobs):
         await sync_suggestions(session, event_id, outcome.suggestions, photo_ids=photo_ids)
         return changed
 
-    # Descriptors live in rows that go with the user, photo or event: nothing else to forget.
+    # Descriptors live in rows that go with the user, photo or event, and in the face index.
 
     async def forget_selfie(self, session: AsyncSession, user_id: int) -> None:
         pass
 
     async def forget_photo(self, session: AsyncSession, photo_id: int) -> None:
-        pass
+        self.face_index.forget_photo(photo_id)
 
     async def forget_user(self, session: AsyncSession, user_id: int) -> None:
         pass
 
     async def forget_events(self, session: AsyncSession, event_ids: Collection[int]) -> None:
-        pass
+        self.face_index.forget_events(event_ids)
+
+    async def purge_expired(self, *, retention_days: int) -> int:
+        purged = await super().purge_expired(retention_days=retention_days)
+        if purged:
+            self.face_index.clear()
+        return purged
 
 
 async def selfie_descriptor(recognizer: LocalRecognizer, data: bytes) -> EnrolledSelfie:
