@@ -69,18 +69,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
             logger.info("FindMe ready", extra={"action": "startup"})
             yield {"findme": state, "metrics": metrics}
 
+    # Starlette tries the routes in turn (~0.8 µs each): what pages and scripts poll comes
+    # first. No path of these is matched by a route after them, so the order changes nothing
+    # else.
     routes: list[BaseRoute] = [
+        *photos.routes,
+        *images.routes,
+        *stream.routes,
+        *ops.routes,
         *accounts.routes,
         *privacy.routes,
         *joining.routes,
         *events.routes,
         *uploads.routes,
-        *images.routes,
-        *photos.routes,
         *suggestions.routes,
         *admin.routes,
-        *ops.routes,
-        *stream.routes,
         *downloads.routes,
         *shares.routes,
         *notifications.routes,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 # Attributes every LogRecord has; anything else came in through `extra=`.
@@ -15,6 +16,7 @@ _SKIPPED = _STANDARD | {"color_message"}
 # the Unicode line separators are written as escapes instead.
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 _CONTROL = [*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+_NEEDS_QUOTES = re.compile('[ "=]')
 _ESCAPES = {
     code: _NAMED.get(chr(code), f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
     for code in _CONTROL
@@ -52,13 +54,14 @@ class FieldsFormatter(logging.Formatter):
 
 def escape(text: str) -> str:
     """The text with every control character written as an escape (`\\n`, `\\x1b`)."""
-    return text.translate(_ESCAPES)
+    # Every character escaped is unprintable: most lines are printable, checked at C speed.
+    return text if text.isprintable() else text.translate(_ESCAPES)
 
 
 def _quote(value: object) -> str:
     text = str(value)
     escaped = escape(text)
-    if text and escaped == text and not any(ch in text for ch in ' "='):
+    if text and escaped == text and _NEEDS_QUOTES.search(text) is None:
         return text
     return '"' + escaped.replace('"', '\\"') + '"'
 
