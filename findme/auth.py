@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
+from findme.batching import BatchLoader
 from findme.cache import AsyncCache
 from findme.db import ApiToken, BrowserSession, Database, Role, User, utcnow
 from findme.errors import CsrfFailed, Forbidden, NotSignedIn
@@ -89,6 +90,7 @@ class Authenticator:
         self._sessions = sessions
         self._signer = URLSafeTimedSerializer(secret_key, salt="findme-session")
         self._max_age_s = session_max_age_s
+        self.session_reads = BatchLoader(self._load_sessions)
 
     async def start_session(self, session: AsyncSession, user: User) -> BrowserSession:
         """A fresh session id on every sign-in, so a planted cookie is worth nothing."""
@@ -210,12 +212,13 @@ class Authenticator:
         session_id = self._session_id(cookie)
         if session_id is None:
             return None
-        # A session read from the database comes with its account, in one query: after a
-        # restart, thousands of pages reconnect with every cache cold.
+        # A session read from the database comes with its account, and with the sessions of
+        # every request waiting meanwhile, in one query: after a restart, thousands of pages
+        # reconnect with every cache cold.
         read_with_it: list[User | None] = []
 
         async def load_session() -> BrowserSession | None:
-            browser, user = await self._load_session(session_id)
+            browser, user = await self.session_reads.load(session_id) or (None, None)
             read_with_it.append(user)
             return browser
 
@@ -239,16 +242,16 @@ class Authenticator:
             return None
         return session_id
 
-    async def _load_session(self, session_id: str) -> tuple[BrowserSession | None, User | None]:
+    async def _load_sessions(
+        self, session_ids: Collection[str]
+    ) -> dict[str, tuple[BrowserSession, User]]:
         async with self._db.sessions() as session:
-            row = (
-                await session.execute(
-                    select(BrowserSession, User)
-                    .join(User, User.id == BrowserSession.user_id)
-                    .where(BrowserSession.id == session_id)
-                )
-            ).one_or_none()
-        return (None, None) if row is None else (row[0], row[1])
+            rows = await session.execute(
+                select(BrowserSession, User)
+                .join(User, User.id == BrowserSession.user_id)
+                .where(BrowserSession.id.in_(session_ids))
+            )
+            return {browser.id: (browser, user) for browser, user in rows}
 
     async def _load_user(self, user_id: int) -> User | None:
         async with self._db.sessions() as session:

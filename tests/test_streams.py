@@ -263,3 +263,28 @@ async def test_a_request_that_finds_no_free_database_connection_gets_503_not_500
         assert "Try again in a few seconds" in busy.json()["detail"]
         # Freed, the same request succeeds: nothing was left half done.
         assert (await me.post("/api/auth/login", json=body)).status_code == 200
+
+
+async def test_pages_reconnecting_together_have_their_sessions_read_together(
+    settings, make_user
+) -> None:
+    """After a restart every cache is cold: 24 pages coming back at once are signed in by a
+    few batched reads of their sessions, not one query each."""
+    members = [await make_user() for _ in range(24)]
+    async with serve(settings) as url:  # a new process's worth of empty caches
+        clients = [httpx.AsyncClient(base_url=url, cookies=m.cookies) for m in members]
+        try:
+            with statements_seen() as seen:
+                async with contextlib.AsyncExitStack() as stack:
+                    responses = await asyncio.gather(
+                        *(
+                            stack.enter_async_context(client.stream("GET", "/api/my-photos/stream"))
+                            for client in clients
+                        )
+                    )
+                    assert [r.status_code for r in responses] == [200] * len(members)
+        finally:
+            for client in clients:
+                await client.aclose()
+    signed_in_by = [s for s in seen if "FROM browser_sessions JOIN users" in s]
+    assert 1 <= len(signed_in_by) <= 4, len(signed_in_by)

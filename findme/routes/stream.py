@@ -128,44 +128,48 @@ async def _match_events(
     expires_at = principal.session.expires_at if principal.session is not None else None
     ended = ServerSentEvent(json.dumps({"reason": "session_ended"}), event="end")
     follower = Follower(principal=principal, event_id=event_id, after=after)
+    # The server's shutdown comes through the inbox too: one waiter for the stream's life, not
+    # two tasks for every delivery (a burst wakes thousands of streams at once).
+    stopping = asyncio.ensure_future(stop.wait())
+    stopping.add_done_callback(lambda _: follower.inbox.put_nowait(ServerStopping()))
     # The hub's first delivery is the backlog, then come the matches of each later burst.
     backlog_sent = False
-    async with state.streams.follow(follower):
-        yield ServerSentEvent(comment="FindMe live matches", retry=RECONNECT_MS)
-        while not stop.is_set():
-            delivery = await _next_delivery(follower, stop, timeout_s=_until_expiry(expires_at))
-            if delivery is None:
-                # The session's expiry: look again, to find it expired.
-                state.streams.wake(follower)
-            elif isinstance(delivery, SessionEnded):
-                yield ended
-                return
-            elif isinstance(delivery, Exception):
-                return  # the browser reconnects after the last id it received
-            else:
-                for match_id, item in delivery:
-                    yield ServerSentEvent(json.dumps(item), id=str(match_id))
-                    after = match_id
-                if not backlog_sent:
-                    backlog_sent = True
-                    yield ServerSentEvent(json.dumps({"after": after}), event="ready")
-
-
-async def _next_delivery(
-    follower: Follower, stop: anyio.Event, *, timeout_s: float | None
-) -> Rows | Exception | None:
-    """What the hub has for this stream; None after `timeout_s` or once the server stops."""
-    delivery = asyncio.ensure_future(follower.inbox.get())
-    stopping = asyncio.ensure_future(stop.wait())
     try:
-        await asyncio.wait(
-            {delivery, stopping}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        async with state.streams.follow(follower):
+            yield ServerSentEvent(comment="FindMe live matches", retry=RECONNECT_MS)
+            while not stop.is_set():
+                delivery = await _next_delivery(follower, timeout_s=_until_expiry(expires_at))
+                if delivery is None:
+                    # The session's expiry: look again, to find it expired.
+                    state.streams.wake(follower)
+                elif isinstance(delivery, SessionEnded):
+                    yield ended
+                    return
+                elif isinstance(delivery, Exception):
+                    return  # the browser reconnects after the last id it received
+                else:
+                    for match_id, item in delivery:
+                        yield ServerSentEvent(json.dumps(item), id=str(match_id))
+                        after = match_id
+                    if not backlog_sent:
+                        backlog_sent = True
+                        yield ServerSentEvent(json.dumps({"after": after}), event="ready")
     finally:
-        # No await from here on: a delivery that came is returned, never dropped.
-        delivery.cancel()
         stopping.cancel()
-    return delivery.result() if delivery.done() and not delivery.cancelled() else None
+
+
+class ServerStopping(Exception):
+    """The server is shutting down: the stream ends, and the browser reconnects to another."""
+
+
+async def _next_delivery(follower: Follower, *, timeout_s: float | None) -> Rows | Exception | None:
+    """What the hub (or the shutdown) has for this stream; None after `timeout_s`."""
+    try:
+        # A timeout while waiting takes nothing from the queue: no delivery is ever dropped.
+        async with asyncio.timeout(timeout_s):
+            return await follower.inbox.get()
+    except TimeoutError:
+        return None
 
 
 def _until_expiry(expires_at: dt.datetime | None) -> float | None:
