@@ -13,7 +13,8 @@ Printed: memory and CPU of the server with the pages open, idle and while one me
 "my photos" 5 times a second; match → page latency; a burst matching `--burst` members at once
 (arrival p50/p95/max, and "my photos" latency for a member polling meanwhile); and a restart
 (SIGTERM, a new process on the same port) with a match made for every member while it was
-down: how long until every page has it, responses of 500 or more, and /healthz meanwhile.
+down: how long until every page has it, responses of 500 or more, and /healthz meanwhile
+(probed by a process of its own, bench/health_probe.py, not by this busy one).
 The pages and the server share this machine's cores. Figures in docs/BENCHMARKS.md.
 """
 
@@ -26,6 +27,8 @@ import hashlib
 import random
 import resource
 import secrets
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -64,6 +67,7 @@ class Page:
     user_id: int
     cookie: str
     port: int
+    event_id: int
     last_id: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     arrived: dict[int, float] = field(default_factory=dict)
@@ -96,7 +100,9 @@ class Page:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         try:
             writer.write(
-                f"GET /api/my-photos/stream?after={self.last_id} HTTP/1.1\r\n"
+                # As the page asks: its event's matches only (a membership read at each set-up).
+                f"GET /api/my-photos/stream?event_id={self.event_id}&after={self.last_id} "
+                "HTTP/1.1\r\n"
                 f"Host: 127.0.0.1\r\nCookie: findme_session={self.cookie}\r\n"
                 "Accept: text/event-stream\r\n\r\n".encode()
             )
@@ -328,7 +334,7 @@ async def main(args: argparse.Namespace) -> None:
 
 async def measure(srv, matcher, users, cookies, photos, port, args, database_url, env) -> None:
     rss_before = srv.rss_kb()
-    pages = [Page(u, c, port) for u, c in zip(users, cookies, strict=True)]
+    pages = [Page(u, c, port, matcher.event_id) for u, c in zip(users, cookies, strict=True)]
     started = time.perf_counter()
     tasks = await open_pages(pages)
     print(f"{len(pages)} pages open and ready in {time.perf_counter() - started:.1f} s")
@@ -390,22 +396,21 @@ async def restart(srv, matcher, pages, photos, database_url, env, port) -> None:
     ids = await matcher.match(photos[1], [p.user_id for p in pages], notify=False)
     with server(database_url, port=port, **env) as again:
         back = time.perf_counter()
-        health: list[float] = []
-        health_errors = 0
-        async with httpx.AsyncClient(base_url=again.url, timeout=30) as probe:
-            missing = {p.user_id: p for p in pages}
-            while missing and time.perf_counter() - back < 180:
-                started = time.perf_counter()
-                try:
-                    ok = (await probe.get("/healthz")).status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                health_errors += not ok
-                health.append((time.perf_counter() - started) * 1000)
-                for user_id, page in list(missing.items()):
-                    if ids[user_id] in page.arrived:
-                        del missing[user_id]
-                await asyncio.sleep(0.1)
+        probe = subprocess.Popen(
+            [sys.executable, "-m", "bench.health_probe", again.url],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        missing = {p.user_id: p for p in pages}
+        while missing and time.perf_counter() - back < 180:
+            for user_id, page in list(missing.items()):
+                if ids[user_id] in page.arrived:
+                    del missing[user_id]
+            await asyncio.sleep(0.1)
+        probed, _ = probe.communicate(timeout=60)
+        health = [float(line) for line in probed.split() if line != "failed"]
+        health_errors = probed.split().count("failed")
         arrivals = [p.arrived[ids[p.user_id]] for p in pages if ids[p.user_id] in p.arrived]
         answered = [p.answered_at - back for p in pages]
         if missing:

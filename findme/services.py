@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager, nullcontext
@@ -11,9 +12,11 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import make_url
 
 from findme.auth import Authenticator
+from findme.batching import BatchLoader
 from findme.cache import Caches
 from findme.capacity import StreamSlots, open_files
 from findme.db import Database, JobKind
+from findme.domain.access import memberships
 from findme.domain.notifications import available as notifications_available
 from findme.engines import Engine, open_engine
 from findme.jobs import ClaimedJob
@@ -48,6 +51,8 @@ class AppState:
     # open-file limit leaves room for), and woken together by news.
     stream_slots: StreamSlots
     streams: StreamHub
+    # Memberships read for streams being set up, many in one query (findme/batching.py).
+    memberships: BatchLoader[tuple[int, int], bool]
     pipeline: Pipeline | None = None
     # Photos being written to storage at once, across requests: each holds its bytes in memory
     # (several copies, through the driver), so this bounds memory whatever the upload load.
@@ -110,6 +115,7 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             mailer=Mailer(settings),
             stream_slots=StreamSlots(settings.max_streams or open_files().stream_capacity),
             streams=streams,
+            memberships=BatchLoader(functools.partial(memberships, db)),
         )
         feed.add_listener(auth.forget_users, kind=ACCOUNTS)
         feed.add_listener(streams.news)

@@ -14,13 +14,14 @@ of the two lists one event's gallery is for the caller (its page may then come f
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, bindparam, or_, select, true
+from sqlalchemy import ColumnElement, Select, bindparam, or_, select, true, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from findme.auth import Principal
-from findme.db import Event, EventMember, FaceMatch, Gallery, Job, Photo
+from findme.db import Database, Event, EventMember, FaceMatch, Gallery, Job, Photo
 from findme.errors import Forbidden, NotFound
 
 if TYPE_CHECKING:
@@ -143,9 +144,15 @@ async def viewable_photo(
 
 
 async def _seen_event(
-    state: AppState, session: AsyncSession, principal: Principal, event_id: int
+    state: AppState,
+    session: AsyncSession,
+    principal: Principal,
+    event_id: int,
+    *,
+    is_member: Callable[[], Awaitable[bool]] | None = None,
 ) -> tuple[Event, str] | None:
-    """The event and how the caller relates to it, or None if they may not see it."""
+    """The event and how the caller relates to it, or None if they may not see it.
+    Membership is read in `session` unless `is_member` reads it."""
     found = await state.caches.events.get((event_id,), lambda: session.get(Event, event_id))
     if found is None:
         return None
@@ -153,9 +160,37 @@ async def _seen_event(
         return found, "organiser"
     if principal.is_admin:
         return found, "admin"
-    if await session.get(EventMember, (event_id, principal.id)) is not None:
-        return found, "member"
-    return None
+    if is_member is None:
+        member = await session.get(EventMember, (event_id, principal.id)) is not None
+    else:
+        member = await is_member()
+    return (found, "member") if member else None
+
+
+async def stream_event_for(state: AppState, principal: Principal, event_id: int) -> None:
+    """`event_for`, for a live stream being set up: its membership is read with those of every
+    stream connecting meanwhile (`memberships`), as thousands do after a restart."""
+
+    async def is_member() -> bool:
+        return bool(await state.memberships.load((event_id, principal.id)))
+
+    async with state.db.sessions() as session:
+        seen = await _seen_event(state, session, principal, event_id, is_member=is_member)
+    if seen is None:
+        raise NotFound(NO_EVENT)
+
+
+async def memberships(
+    db: Database, keys: Collection[tuple[int, int]]
+) -> dict[tuple[int, int], bool]:
+    """Which of these (event_id, user_id) are memberships, in one query."""
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(EventMember.event_id, EventMember.user_id).where(
+                tuple_(EventMember.event_id, EventMember.user_id).in_(list(keys))
+            )
+        )
+        return {(row.event_id, row.user_id): True for row in rows}
 
 
 async def job_for(session: AsyncSession, principal: Principal, job_id: int) -> Job:

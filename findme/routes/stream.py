@@ -38,7 +38,7 @@ from findme.api_schemas import ID, TEXT, Param, Reply, integer
 from findme.auth import Principal
 from findme.capacity import StreamSlots
 from findme.db import utcnow
-from findme.domain.access import event_for
+from findme.domain.access import stream_event_for
 from findme.routes.common import api, app_state, int_param, require_user
 from findme.services import AppState
 from findme.stream_hub import Follower, Rows, SessionEnded
@@ -107,8 +107,7 @@ async def my_photos_stream(request: Request) -> Response:
     raw_event = request.query_params.get("event_id")
     event_id = int_param(raw_event, "event_id") if raw_event else None
     if event_id is not None:
-        async with state.db.sessions() as session:
-            await event_for(state, session, principal, event_id)
+        await stream_event_for(state, principal, event_id)
     after = _resume_after(request)
     shutdown = anyio.Event()
     # Taken last, with no await between it and the response that gives it back.
