@@ -76,6 +76,20 @@ async def add_matches(settings, *, user_id: int, event_id: int, photo_ids: list[
     return [match_id for match_id in ids if match_id is not None]
 
 
+def processed_photo(event_id: int, filename: str, sha256: str) -> Photo:
+    """A photo row as the pipeline leaves it, without bytes: for tests that write faces."""
+    return Photo(
+        event_id=event_id,
+        filename=filename,
+        sha256=sha256,
+        content_type="image/jpeg",
+        size_bytes=1,
+        width=1,
+        height=1,
+        status=PhotoStatus.done,
+    )
+
+
 async def notify(settings, user_ids: set[int]) -> None:
     """What another instance's worker sends after writing matches (NOTIFY)."""
     dsn = make_url(settings.database_url).set(drivername="postgresql")

@@ -4,13 +4,25 @@ was read: photos added, deleted, faces without descriptors, events deleted."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import numpy as np
+import pytest
 from sqlalchemy import delete, select
 
-from findme.db import Database, Event, Face, Photo, PhotoStatus, Role, User
+from findme.db import Database, Event, Face, Photo, Role, User
 from findme.engines.local.face_index import FaceIndex
 from findme.engines.matching import descriptor_distances
+from tests.scenes import processed_photo
+
+
+@pytest.fixture
+async def db(settings) -> AsyncIterator[Database]:
+    database = Database(settings)
+    try:
+        yield database
+    finally:
+        await database.aclose()
 
 
 def unit(rng: np.random.Generator) -> bytes:
@@ -18,12 +30,14 @@ def unit(rng: np.random.Generator) -> bytes:
     return (vector / np.linalg.norm(vector)).astype("<f4").tobytes()
 
 
-async def _event(db: Database) -> int:
+async def _event(db: Database, name: str = "gala") -> int:
     async with db.transaction() as session:
-        organiser = User(email="o@example.com", name="O", password_hash="-", role=Role.attendee)
+        organiser = User(
+            email=f"{name}@example.com", name=name, password_hash="-", role=Role.attendee
+        )
         session.add(organiser)
         await session.flush()
-        event = Event(name="Gala", code="GALA-0002", organiser_id=organiser.id)
+        event = Event(name=name, code=f"{name.upper()}-0002", organiser_id=organiser.id)
         session.add(event)
         await session.flush()
         return event.id
@@ -31,16 +45,7 @@ async def _event(db: Database) -> int:
 
 async def _photo(db: Database, event_id: int, descriptors: list[bytes | None]) -> int:
     async with db.transaction() as session:
-        photo = Photo(
-            event_id=event_id,
-            filename="p.jpg",
-            sha256=np.random.default_rng().bytes(32).hex(),
-            content_type="image/jpeg",
-            size_bytes=1,
-            width=1,
-            height=1,
-            status=PhotoStatus.done,
-        )
+        photo = processed_photo(event_id, "p.jpg", np.random.default_rng().bytes(32).hex())
         session.add(photo)
         await session.flush()
         for descriptor in descriptors:
@@ -72,113 +77,86 @@ def _held(faces) -> list[tuple[int, int, bytes]]:
     ]
 
 
-async def test_the_copy_follows_additions_and_removals(settings) -> None:
+async def test_the_copy_follows_additions_and_removals(db) -> None:
     rng = np.random.default_rng(7)
-    db = Database(settings)
-    try:
-        event_id = await _event(db)
-        other_event = await _event_other(db)
-        first = await _photo(db, event_id, [unit(rng), unit(rng)])
-        await _photo(db, other_event, [unit(rng)])
-        index = FaceIndex()
+    event_id = await _event(db)
+    other_event = await _event(db, "other")
+    first = await _photo(db, event_id, [unit(rng), unit(rng)])
+    await _photo(db, other_event, [unit(rng)])
+    index = FaceIndex()
 
-        assert _held(await _current(db, index, event_id)) == await _stored(db, event_id)
-        assert index.full_reads == 1
+    assert _held(await _current(db, index, event_id)) == await _stored(db, event_id)
+    assert index.full_reads == 1
 
-        # Added photos are read alone, a cloud face (no descriptor) is counted but not held.
-        await _photo(db, event_id, [unit(rng), None])
-        await _photo(db, event_id, [unit(rng)])
-        faces = await _current(db, index, event_id)
-        assert _held(faces) == await _stored(db, event_id)
-        assert len(faces.ids) == 4
-        assert index.full_reads == 1
-        await _current(db, index, event_id)
-        assert index.full_reads == 1
+    # Added photos are read alone, a cloud face (no descriptor) is counted but not held.
+    await _photo(db, event_id, [unit(rng), None])
+    await _photo(db, event_id, [unit(rng)])
+    faces = await _current(db, index, event_id)
+    assert _held(faces) == await _stored(db, event_id)
+    assert len(faces.ids) == 4
+    assert index.full_reads == 1
+    await _current(db, index, event_id)
+    assert index.full_reads == 1
 
-        # A deleted photo takes its faces out of the copy, even with a photo added since.
-        async with db.transaction() as session:
-            await session.execute(delete(Photo).where(Photo.id == first))
-        await _photo(db, event_id, [unit(rng), unit(rng)])
-        faces = await _current(db, index, event_id)
-        assert first not in faces.photo_ids.tolist()
-        assert _held(faces) == await _stored(db, event_id)
-        assert index.full_reads == 2
-    finally:
-        await db.aclose()
-
-
-async def _event_other(db: Database) -> int:
+    # A deleted photo takes its faces out of the copy, even with a photo added since.
     async with db.transaction() as session:
-        organiser = User(email="p@example.com", name="P", password_hash="-", role=Role.attendee)
-        session.add(organiser)
-        await session.flush()
-        event = Event(name="Other", code="OTHR-0002", organiser_id=organiser.id)
-        session.add(event)
-        await session.flush()
-        return event.id
+        await session.execute(delete(Photo).where(Photo.id == first))
+    await _photo(db, event_id, [unit(rng), unit(rng)])
+    faces = await _current(db, index, event_id)
+    assert first not in faces.photo_ids.tolist()
+    assert _held(faces) == await _stored(db, event_id)
+    assert index.full_reads == 2
 
 
-async def test_forgotten_events_and_photos_leave_memory(settings) -> None:
+async def test_forgotten_events_and_photos_leave_memory(db) -> None:
     rng = np.random.default_rng(8)
-    db = Database(settings)
-    try:
-        event_id = await _event(db)
-        photo_id = await _photo(db, event_id, [unit(rng)])
-        index = FaceIndex()
-        await _current(db, index, event_id)
-        index.forget_photo(photo_id + 1000)
-        await _current(db, index, event_id)
-        assert index.full_reads == 1
+    event_id = await _event(db)
+    photo_id = await _photo(db, event_id, [unit(rng)])
+    index = FaceIndex()
+    await _current(db, index, event_id)
+    index.forget_photo(photo_id + 1000)
+    await _current(db, index, event_id)
+    assert index.full_reads == 1
 
-        index.forget_photo(photo_id)
-        await _current(db, index, event_id)
-        assert index.full_reads == 2
-        index.forget_events([event_id])
-        await _current(db, index, event_id)
-        assert index.full_reads == 3
-    finally:
-        await db.aclose()
+    index.forget_photo(photo_id)
+    await _current(db, index, event_id)
+    assert index.full_reads == 2
+    index.forget_events([event_id])
+    await _current(db, index, event_id)
+    assert index.full_reads == 3
 
 
-async def test_an_event_unused_for_the_idle_time_is_read_again(settings) -> None:
+async def test_an_event_unused_for_the_idle_time_is_read_again(db) -> None:
     rng = np.random.default_rng(9)
-    db = Database(settings)
-    try:
-        event_id = await _event(db)
-        await _photo(db, event_id, [unit(rng)])
-        index = FaceIndex(idle_s=0.001)
-        await _current(db, index, event_id)
-        await asyncio.sleep(0.01)
-        await _current(db, index, event_id)
-        assert index.full_reads == 2
-    finally:
-        await db.aclose()
+    event_id = await _event(db)
+    await _photo(db, event_id, [unit(rng)])
+    index = FaceIndex(idle_s=0.001)
+    await _current(db, index, event_id)
+    await asyncio.sleep(0.01)
+    await _current(db, index, event_id)
+    assert index.full_reads == 2
 
 
-async def test_near_photos_are_those_the_exact_distances_give(settings) -> None:
+async def test_near_photos_are_those_the_exact_distances_give(db) -> None:
     rng = np.random.default_rng(10)
-    db = Database(settings)
-    try:
-        event_id = await _event(db)
-        member = unit(rng)
-        base = np.frombuffer(member, "<f4").astype(np.float64)
-        photos = []
-        # Faces at distances around the reach (0.6), on both sides of it.
-        for distance in (0.3, 0.55, 0.599, 0.601, 0.7, 1.4):
-            step = rng.standard_normal(128)
-            step -= step.dot(base) * base  # orthogonal: |face - member| is `distance` exactly
-            face = base + step / np.linalg.norm(step) * distance
-            photos.append(await _photo(db, event_id, [face.astype("<f4").tobytes()]))
-        index = FaceIndex()
-        faces = await _current(db, index, event_id)
-        near = faces.photos_near([member], reach=0.6)
-        stored = await _stored(db, event_id)
-        exact = descriptor_distances([row[2] for row in stored], [member])[:, 0]
-        assert near == {row[1] for row, d in zip(stored, exact, strict=True) if d < 0.6}
-        assert near == set(photos[:3])
-        held = faces.faces_of(near)
-        assert {(face.id, face.photo_id, face.descriptor) for face in held} == {
-            row for row in stored if row[1] in near
-        }
-    finally:
-        await db.aclose()
+    event_id = await _event(db)
+    member = unit(rng)
+    base = np.frombuffer(member, "<f4").astype(np.float64)
+    photos = []
+    # Faces at distances around the reach (0.6), on both sides of it.
+    for distance in (0.3, 0.55, 0.599, 0.601, 0.7, 1.4):
+        step = rng.standard_normal(128)
+        step -= step.dot(base) * base  # orthogonal: |face - member| is `distance` exactly
+        face = base + step / np.linalg.norm(step) * distance
+        photos.append(await _photo(db, event_id, [face.astype("<f4").tobytes()]))
+    index = FaceIndex()
+    faces = await _current(db, index, event_id)
+    near = faces.photos_near([member], reach=0.6)
+    stored = await _stored(db, event_id)
+    exact = descriptor_distances([row[2] for row in stored], [member])[:, 0]
+    assert near == {row[1] for row, d in zip(stored, exact, strict=True) if d < 0.6}
+    assert near == set(photos[:3])
+    held = faces.faces_of(near)
+    assert {(face.id, face.photo_id, face.descriptor) for face in held} == {
+        row for row in stored if row[1] in near
+    }

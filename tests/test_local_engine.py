@@ -16,7 +16,6 @@ from findme.db import (
     Job,
     JobStatus,
     Photo,
-    PhotoStatus,
     RejectedMatch,
     Role,
     Selfie,
@@ -25,7 +24,7 @@ from findme.db import (
 from findme.engines.local.engine import member_descriptors
 from findme.engines.matching import FaceRow, assign_faces, rejections, sync_matches
 from findme.services import build_pipeline, open_services
-from tests.scenes import drain
+from tests.scenes import drain, processed_photo
 
 
 def descriptor(**axes: float) -> bytes:
@@ -73,16 +72,7 @@ async def _scene(db: Database) -> dict[str, int]:
         for name in ("alice", "bob"):
             session.add(EventMember(event_id=event.id, user_id=ids[name]))
         for number, (filename, faces) in enumerate(PHOTOS.items()):
-            photo = Photo(
-                event_id=event.id,
-                filename=filename,
-                sha256=f"{number:064x}",
-                content_type="image/jpeg",
-                size_bytes=1,
-                width=1,
-                height=1,
-                status=PhotoStatus.done,
-            )
+            photo = processed_photo(event.id, filename, f"{number:064x}")
             session.add(photo)
             await session.flush()
             ids[filename] = photo.id
@@ -186,16 +176,7 @@ async def test_a_worker_kept_running_matches_as_the_whole_event_would(settings) 
 
             async with db.transaction() as session:
                 await session.execute(delete(Photo).where(Photo.id == ids["joe.jpg"]))
-                photo = Photo(
-                    event_id=ids["event"],
-                    filename="joe_later.jpg",
-                    sha256="f" * 64,
-                    content_type="image/jpeg",
-                    size_bytes=1,
-                    width=1,
-                    height=1,
-                    status=PhotoStatus.done,
-                )
+                photo = processed_photo(ids["event"], "joe_later.jpg", "f" * 64)
                 session.add(photo)
                 await session.flush()
                 ids["joe_later.jpg"] = photo.id
