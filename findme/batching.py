@@ -33,7 +33,6 @@ class BatchLoader(Generic[K, V]):
         self._max_batch = max_batch
         self._waiting: dict[K, asyncio.Future[V | None]] = {}
         self._reader: asyncio.Task[None] | None = None
-        self.reads = 0
 
     async def load(self, key: K) -> V | None:
         future = self._waiting.get(key)
@@ -52,7 +51,6 @@ class BatchLoader(Generic[K, V]):
         while self._waiting:
             keys = list(self._waiting)[: self._max_batch]
             batch = {key: self._waiting.pop(key) for key in keys}
-            self.reads += 1
             try:
                 found = await self._load_many(keys)
             except Exception as error:
