@@ -52,6 +52,7 @@ def server_config(
 
     from findme.app import create_app
     from findme.edge import EdgeLimits
+    from findme.pacing import PacedH11Protocol
 
     app = EdgeLimits(
         create_app(settings),
@@ -63,7 +64,8 @@ def server_config(
         app,
         host=settings.host,
         port=settings.port if port is None else port,
-        http="h11",
+        # h11, its new connections read a few per turn of the loop (findme/pacing.py).
+        http=PacedH11Protocol,
         h11_max_incomplete_event_size=settings.max_header_bytes,
         # Client addresses (rate limits, logs) come from X-Forwarded-For only when the peer is
         # a trusted proxy (FORWARDED_ALLOW_IPS, default 127.0.0.1). Nothing grants access by
