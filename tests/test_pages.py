@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import re
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 from playwright.async_api import (
     Page,
+    Route,
     expect,
 )
 from sqlalchemy import select
@@ -457,6 +459,55 @@ async def test_selfie_page_explains_no_face_and_several_faces(server, contexts, 
     await page.get_by_role("button", name="Save my selfie").click()
     await expect(error).to_contain_text("several faces", timeout=SLOW_MS)
     await expect(page).to_have_url(re.compile(r"/selfie"))
+    contexts.assert_no_errors()
+
+
+async def test_a_selfie_chosen_before_the_page_script_ran_is_taken(
+    server, contexts, tmp_path
+) -> None:
+    """On a slow phone a person can pick a photo before the page's script has loaded."""
+    page = await (await contexts(server.url, "phone")).new_page()
+    await page.goto("/register?next=/my-photos")
+    script_may_load = asyncio.Event()
+
+    async def hold_the_picker(route: Route) -> None:
+        await script_may_load.wait()
+        await route.continue_()
+
+    await page.route("**/selfie_picker.js*", hold_the_picker)
+    await sign_up(page, "Noor", f"noor-{uuid.uuid4().hex[:6]}@example.com")
+    await expect(page).to_have_url(re.compile(r"/selfie"))
+    await page.locator("#file").set_input_files(a_photo_without_a_face(tmp_path))
+    script_may_load.set()
+
+    await expect(page.locator("[data-filename]")).to_contain_text("Chosen: wall.jpg")
+    await page.get_by_role("button", name="Save my selfie").click()
+    await expect(page.locator("#selfie-form [data-error]")).to_contain_text("Tick the box")
+    contexts.assert_no_errors()
+
+
+async def test_photos_chosen_before_the_event_page_script_ran_are_uploaded(
+    server, contexts, tmp_path
+) -> None:
+    email = await add_account(server.settings, Role.photographer, "Sam Shutter")
+    page = await (await contexts(server.url, "phone")).new_page()
+    await page.goto("/login")
+    await sign_in(page, email)
+    await page.get_by_label("Event name").fill("Late script")
+    await page.get_by_role("button", name="Create event").click()
+    await expect(page).to_have_url(re.compile(r"/events/\d+$"))
+
+    script_may_load = asyncio.Event()
+
+    async def hold_the_script(route: Route) -> None:
+        await script_may_load.wait()
+        await route.continue_()
+
+    await page.route("**/js/event.js*", hold_the_script)
+    await page.reload(wait_until="commit")
+    await page.locator("#files").set_input_files(small_photos(tmp_path, 2))
+    script_may_load.set()
+    await expect(page.locator("#upload-summary")).to_have_text("Upload finished: 2 files")
     contexts.assert_no_errors()
 
 

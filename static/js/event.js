@@ -223,10 +223,13 @@ retryButton.addEventListener("click", () => {
   pump();
 });
 
-input.addEventListener("change", () => {
+function takeChosenFiles() {
   addFiles(input.files);
   input.value = "";
-});
+}
+input.addEventListener("change", takeChosenFiles);
+// Files chosen before this script ran (a slow connection) fired their change event unheard.
+if (input.files.length) takeChosenFiles();
 
 // The zone lights up while files are dragged over it; its children fire their own enter and
 // leave events, so the highlight follows a count rather than each event.

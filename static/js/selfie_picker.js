@@ -30,6 +30,9 @@ export function selfiePicker(form) {
   for (const id of ["camera", "file"]) {
     const input = form.querySelector(`#${id}`);
     input.addEventListener("change", () => choose(input));
+    // A photo chosen before this script ran (a slow phone, or a form the browser restored
+    // on "back") fired its change event unheard: take it now.
+    choose(input);
   }
 
   return {
