@@ -34,6 +34,17 @@ TEMPLATE_DB = f"findme_tpl_{RUN_ID}"
 PASSWORD = "correct horse battery"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow or browser tests run first. `make test` hands each worker a file at a
+    time: a slow file handed out last keeps one worker busy while the others have finished."""
+    long_files = {
+        item.path
+        for item in items
+        if item.get_closest_marker("slow") or item.get_closest_marker("browser")
+    }
+    items.sort(key=lambda item: item.path not in long_files)
+
+
 def pg_url(database: str) -> str:
     return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
 

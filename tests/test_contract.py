@@ -73,7 +73,7 @@ class Run:
     failures: dict[str, str] = field(default_factory=dict)
 
 
-# About two minutes on a busy two-core machine; most of it is password hashing (sign-ins).
+# About two minutes on a busy two-core machine, half of it generating the examples (hypothesis).
 @pytest.mark.timeout(600)
 async def test_every_operation_keeps_the_contract(server, make_user, make_event) -> None:
     organiser = await make_user("photographer")
