@@ -468,13 +468,7 @@ async def test_a_selfie_chosen_before_the_page_script_ran_is_taken(
     """On a slow phone a person can pick a photo before the page's script has loaded."""
     page = await (await contexts(server.url, "phone")).new_page()
     await page.goto("/register?next=/my-photos")
-    script_may_load = asyncio.Event()
-
-    async def hold_the_picker(route: Route) -> None:
-        await script_may_load.wait()
-        await route.continue_()
-
-    await page.route("**/selfie_picker.js*", hold_the_picker)
+    script_may_load = await hold_back(page, "**/selfie_picker.js*")
     await sign_up(page, "Noor", f"noor-{uuid.uuid4().hex[:6]}@example.com")
     await expect(page).to_have_url(re.compile(r"/selfie"))
     await page.locator("#file").set_input_files(a_photo_without_a_face(tmp_path))
@@ -489,21 +483,8 @@ async def test_a_selfie_chosen_before_the_page_script_ran_is_taken(
 async def test_photos_chosen_before_the_event_page_script_ran_are_uploaded(
     server, contexts, tmp_path
 ) -> None:
-    email = await add_account(server.settings, Role.photographer, "Sam Shutter")
-    page = await (await contexts(server.url, "phone")).new_page()
-    await page.goto("/login")
-    await sign_in(page, email)
-    await page.get_by_label("Event name").fill("Late script")
-    await page.get_by_role("button", name="Create event").click()
-    await expect(page).to_have_url(re.compile(r"/events/\d+$"))
-
-    script_may_load = asyncio.Event()
-
-    async def hold_the_script(route: Route) -> None:
-        await script_may_load.wait()
-        await route.continue_()
-
-    await page.route("**/js/event.js*", hold_the_script)
+    page = await organiser_of_a_new_event(server, contexts, "Sam Shutter", "Late script")
+    script_may_load = await hold_back(page, "**/js/event.js*")
     await page.reload(wait_until="commit")
     await page.locator("#files").set_input_files(small_photos(tmp_path, 2))
     script_may_load.set()
@@ -602,6 +583,30 @@ async def test_sign_in_comes_back_and_account_pages(
     contexts.assert_no_errors()
 
 
+async def hold_back(page: Page, script: str) -> asyncio.Event:
+    """The page's requests for `script` wait until the returned event is set (a slow network)."""
+    may_load = asyncio.Event()
+
+    async def held(route: Route) -> None:
+        await may_load.wait()
+        await route.continue_()
+
+    await page.route(script, held)
+    return may_load
+
+
+async def organiser_of_a_new_event(server, contexts, name: str, event_name: str) -> Page:
+    """A photographer's phone, signed in, on the page of the event they just created."""
+    email = await add_account(server.settings, Role.photographer, name)
+    page = await (await contexts(server.url, "phone")).new_page()
+    await page.goto("/login")
+    await sign_in(page, email)
+    await page.get_by_label("Event name").fill(event_name)
+    await page.get_by_role("button", name="Create event").click()
+    await expect(page).to_have_url(re.compile(r"/events/\d+$"))
+    return page
+
+
 def small_photos(folder: Path, count: int) -> list[Path]:
     """Plain JPEGs (no face), each of its own colour so that none is a duplicate."""
     paths = []
@@ -628,13 +633,7 @@ DROP_FILES = """(zone, files) => {
 async def test_organiser_page_keeps_the_photos_and_deletes_photos_and_the_event(
     server, contexts, tmp_path
 ) -> None:
-    email = await add_account(server.settings, Role.photographer, "Pat Lens")
-    page = await (await contexts(server.url, "phone")).new_page()
-    await page.goto("/login")
-    await sign_in(page, email)
-    await page.get_by_label("Event name").fill("Book fair")
-    await page.get_by_role("button", name="Create event").click()
-    await expect(page).to_have_url(re.compile(r"/events/\d+$"))
+    page = await organiser_of_a_new_event(server, contexts, "Pat Lens", "Book fair")
     event_id = int(page.url.rsplit("/", 1)[1])
     code = (await page.get_by_test_id("event-code").inner_text()).strip()
 
