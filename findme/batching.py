@@ -10,6 +10,7 @@ turn of the event loop, as before.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable, Collection, Hashable, Mapping
 from typing import Generic, TypeVar
 
@@ -51,7 +52,8 @@ class BatchLoader(Generic[K, V]):
         # in one poll) join the first read instead of each starting one.
         await asyncio.sleep(0)
         while self._waiting:
-            keys = list(self._waiting)[: self._max_batch]
+            # The oldest keys first, without copying every waiting key for each read.
+            keys = list(itertools.islice(self._waiting, self._max_batch))
             batch = {key: self._waiting.pop(key) for key in keys}
             try:
                 found = await self._load_many(keys)

@@ -2,7 +2,7 @@
 a reconnect storm cannot hold up the requests of connections already open.
 
 After a restart thousands of pages reconnect within a second or two. The event loop serves
-what is ready in turns, first come first served: one turn parsed some 3,000 requests and
+what is ready in turns, first come first served: one turn parsed some 1,700 requests and
 started their streams, and a request on a connection already open (a health check, a member's
 "my photos") waited for all of them, up to 0.8 s (docs/BENCHMARKS.md, "Third session of
 2026-12-03"). Here a turn takes on at most FIRST_REQUESTS_PER_TURN new connections; the others
