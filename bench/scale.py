@@ -477,9 +477,7 @@ async def explain(database_url: str, crowd: Crowd, joiner: Joiner, *, plans: boo
                         )
                     else:
                         # As the route runs it: whose gallery it is, then that page.
-                        member_id = await gallery_member(
-                            state, session, Principal(reader), crowd.event_id
-                        )
+                        member_id = await gallery_member(state, Principal(reader), crowd.event_id)
                         await photos.event_gallery_items(
                             session, member_id=member_id, **window, limit=PAGE + 1
                         )

@@ -7,7 +7,10 @@ Photo lists are kept as encoded JSON pages: a hit costs no query and no serialis
 photos" pages belong to their user and go with the user's match news. An event's gallery pages
 (`/api/all-photos`) are shared by everyone who sees every photo of the event and go with the
 event's photo news (added, processed, deleted); a member who sees only their own photos there
-has pages of their own, which go with their match news like "my photos".
+has pages of their own, which go with their match news like "my photos". Who may see an
+event's gallery (a member, and whether its organiser opened it to all) is kept per member and
+goes with the event's news (settings changed, event deleted): a cached page is never handed to
+someone the database would refuse it to, on any instance, once that news has arrived.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ class Caches:
     events: AsyncCache[Any]
     users: AsyncCache[Any]
     sessions: AsyncCache[Any]
+    # (event id, user id) -> the event's gallery setting, for members only (see `gallery_member`)
+    memberships: AsyncCache[Any]
 
     @classmethod
     def create(
@@ -130,10 +135,19 @@ class Caches:
             users=AsyncCache("users", maxsize=10_000, ttl_s=users_s),
             # Signed-in browsers: without it every request pays a database round trip.
             sessions=AsyncCache("sessions", maxsize=20_000, ttl_s=users_s),
+            # Every gallery page a member opens asks: without it, a database round trip each.
+            memberships=AsyncCache("memberships", maxsize=50_000, ttl_s=users_s),
         )
 
     def all(self) -> list[AsyncCache[Any]]:
-        return [self.my_photos, self.all_photos, self.events, self.users, self.sessions]
+        return [
+            self.my_photos,
+            self.all_photos,
+            self.events,
+            self.users,
+            self.sessions,
+            self.memberships,
+        ]
 
     async def matches_changed(self, user_ids: set[int]) -> None:
         self.my_photos.invalidate(set(user_ids))
@@ -142,6 +156,12 @@ class Caches:
     async def photos_changed(self, event_ids: set[int]) -> None:
         """A photo of these events was added, processed or deleted, or the event was deleted."""
         self.all_photos.invalidate({("event", event_id) for event_id in event_ids})
+
+    async def events_changed(self, event_ids: set[int]) -> None:
+        """These events' settings changed (who sees the gallery among them), or they were
+        deleted."""
+        self.events.invalidate(set(event_ids))
+        self.memberships.invalidate(set(event_ids))
 
     def clear(self) -> None:
         for cache in self.all():

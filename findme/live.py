@@ -1,13 +1,14 @@
 """News that users or events changed, for caches and live pages, across instances.
 
-Three kinds of news: a user's matches changed (caches of "my photos", live pages), or their
+Four kinds of news: a user's matches changed (caches of "my photos", live pages), or their
 account did (sign-out, token revoked, erasure, new selfie: cached sessions and users, and
 live streams, which end when their session does), or an event's photos did (added,
-processed, deleted, or the event deleted: cached galleries). Within a process, the listeners
-of the kind are called with the changed user ids, or event ids for photo news (the caches,
-the stream hub). On PostgreSQL every change is also sent with NOTIFY, and each instance
-LISTENs, so a match made by a worker of another instance, or a sign-out there, reaches this
-instance's caches and open pages too.
+processed, deleted, or the event deleted: cached galleries), or an event itself did (its
+settings changed, or it was deleted: cached events and who may see their galleries). Within a
+process, the listeners of the kind are called with the changed user ids, or event ids for
+photo and event news (the caches, the stream hub). On PostgreSQL every change is also sent
+with NOTIFY, and each instance LISTENs, so a match made by a worker of another instance, or a
+sign-out there, reaches this instance's caches and open pages too.
 """
 
 from __future__ import annotations
@@ -30,13 +31,16 @@ Listener = Callable[[set[int]], Awaitable[None]]
 MATCHES = "matches"
 ACCOUNTS = "accounts"
 PHOTOS = "photos"  # its ids are event ids
+EVENTS = "events"  # its ids are event ids
 
 
 class MatchFeed:
     def __init__(self, *, postgres_dsn: str | None) -> None:
         self._dsn = postgres_dsn
         self._instance = uuid.uuid4().hex[:12]
-        self._listeners: dict[str, list[Listener]] = {MATCHES: [], ACCOUNTS: [], PHOTOS: []}
+        self._listeners: dict[str, list[Listener]] = {
+            kind: [] for kind in (MATCHES, ACCOUNTS, PHOTOS, EVENTS)
+        }
         self._connection: asyncpg.Connection | None = None
 
     def add_listener(self, listener: Listener, *, kind: str = MATCHES) -> None:

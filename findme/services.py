@@ -20,7 +20,7 @@ from findme.domain.access import memberships
 from findme.domain.notifications import available as notifications_available
 from findme.engines import Engine, open_engine
 from findme.jobs import ClaimedJob
-from findme.live import ACCOUNTS, PHOTOS, MatchFeed
+from findme.live import ACCOUNTS, EVENTS, PHOTOS, MatchFeed
 from findme.mail import Mailer
 from findme.notifier import Notifier
 from findme.pipeline import Pipeline
@@ -71,6 +71,11 @@ class AppState:
         every instance drops its cached galleries of them."""
         await self.feed.publish(event_ids, kind=PHOTOS)
 
+    async def on_events_changed(self, event_ids: set[int]) -> None:
+        """These events' settings changed, or they were deleted: every instance drops its
+        cached copies of them, and who it knew may see their galleries."""
+        await self.feed.publish(event_ids, kind=EVENTS)
+
 
 @asynccontextmanager
 async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterator[AppState]:
@@ -88,6 +93,7 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
         )
         feed.add_listener(caches.matches_changed)
         feed.add_listener(caches.photos_changed, kind=PHOTOS)
+        feed.add_listener(caches.events_changed, kind=EVENTS)
         limits = rate_limiter(settings)
         stack.push_async_callback(limits.aclose)
         storage = await open_storage(stack, settings, db=db)

@@ -99,7 +99,14 @@ async def test_admin_sees_cache_figures_and_clears_them(make_user, make_event) -
     my_photos = stats["cache"]["my_photos"]
     assert (my_photos["hits"], my_photos["misses"], my_photos["size"]) == (2, 1, 1)
     assert my_photos["hit_rate"] == pytest.approx(2 / 3, abs=0.001)
-    assert set(stats["cache"]) == {"my_photos", "all_photos", "events", "users", "sessions"}
+    assert set(stats["cache"]) == {
+        "my_photos",
+        "all_photos",
+        "events",
+        "users",
+        "sessions",
+        "memberships",
+    }
     assert set(stats["queue"]) >= {
         "total_enqueued",
         "total_processed",
@@ -248,6 +255,61 @@ async def test_galleries_on_two_instances_hear_of_each_others_changes(
                     "/api/all-photos", params={"event_id": event["id"]}
                 )
                 return response.status_code == 404 or response.json()["items"] == []
+
+            assert await eventually(gone)
+        finally:
+            for client in there.values():
+                await client.aclose()
+
+
+async def test_who_may_see_a_gallery_is_heard_of_on_every_instance(
+    make_user, make_event, settings
+) -> None:
+    organiser, member, newcomer = (
+        await make_user("photographer"),
+        await make_user(),
+        await make_user(),
+    )
+    event = await make_event(organiser)
+    await join(member, event)
+    first, second = await upload(organiser, event["id"], ("a.jpg", jpeg(1)), ("b.jpg", jpeg(2)))
+    await add_matches(settings, user_id=member.user["id"], event_id=event["id"], photo_ids=[first])
+    async with serve(settings) as other_url:
+        there = {
+            client: httpx.AsyncClient(
+                base_url=other_url, cookies=client.cookies, headers=dict(client.headers)
+            )
+            for client in (member, newcomer)
+        }
+        try:
+            for _ in range(2):  # the member's access and page are now cached there
+                assert set(await gallery(there[member], event["id"])) == {first}
+
+            # The organiser opens the gallery to all, then closes it, on this instance.
+            for setting, seen in (("all", {first, second}), ("own", {first})):
+                changed = await organiser.patch(
+                    f"/api/events/{event['id']}", json={"gallery": setting}
+                )
+                assert changed.status_code == 200, changed.text
+
+                async def shown(seen: set[int] = seen) -> bool:
+                    return set(await gallery(there[member], event["id"])) == seen
+
+                assert await eventually(shown)
+
+            # A refusal is not remembered: joining here lets the newcomer in there at once.
+            refused = await there[newcomer].get("/api/all-photos", params={"event_id": event["id"]})
+            assert refused.status_code == 404
+            await join(newcomer, event)
+            assert await gallery(there[newcomer], event["id"]) == {}
+
+            assert (await organiser.delete(f"/api/events/{event['id']}")).status_code == 204
+
+            async def gone() -> bool:
+                response = await there[member].get(
+                    "/api/all-photos", params={"event_id": event["id"]}
+                )
+                return response.status_code == 404
 
             assert await eventually(gone)
         finally:

@@ -89,26 +89,38 @@ _MEMBER_GALLERY = (
 )
 
 
-async def gallery_member(
-    state: AppState, session: AsyncSession, principal: Principal, event_id: int
-) -> int | None:
+async def gallery_member(state: AppState, principal: Principal, event_id: int) -> int | None:
     """Whose photos of the event the caller's gallery lists: None for every photo (its
     organiser, an admin, or a member when the gallery is open to all), else the caller's id (a
-    member sees the photos they are matched to); 404 as `event_for`."""
-    event = await state.caches.events.get((event_id,), lambda: session.get(Event, event_id))
+    member sees the photos they are matched to); 404 as `event_for`.
+
+    Every page of a gallery asks, cached or not, so the answer comes from caches that every
+    instance empties when it hears the event changed (`Caches.events_changed`): the database
+    is read only on a miss. A membership ends only with its event or its account, and a
+    refusal is never cached, so a person who just joined is let in at once.
+    """
+
+    async def load_event() -> Event | None:
+        async with state.db.reads() as session:
+            return await session.get(Event, event_id)
+
+    event = await state.caches.events.get((event_id,), load_event)
     if event is None:
         raise NotFound(NO_EVENT)
     if event.organiser_id == principal.id or principal.is_admin:
         return None
-    # Anyone else, as a member: one query reads the membership with the gallery setting,
-    # afresh as in `viewable_photo`. Every page of a gallery asks, cached or not: the query is
-    # built once and run on the connection, without the ORM's machinery.
-    connection = await session.connection()
-    gallery = await connection.scalar(
-        _MEMBER_GALLERY, {"event_id": event_id, "user_id": principal.id}
-    )
-    if gallery is None:
-        raise NotFound(NO_EVENT)
+
+    async def load_gallery() -> Gallery:
+        async with state.db.reads() as session:
+            connection = await session.connection()
+            gallery = await connection.scalar(
+                _MEMBER_GALLERY, {"event_id": event_id, "user_id": principal.id}
+            )
+        if gallery is None:
+            raise NotFound(NO_EVENT)
+        return Gallery(gallery)
+
+    gallery = await state.caches.memberships.get((event_id, principal.id), load_gallery)
     return None if gallery == Gallery.all else principal.id
 
 

@@ -38,7 +38,7 @@ async def erase(
         await forget(session)
         await session.execute(rows)
     if events:
-        state.caches.events.invalidate(set(events))
+        await state.on_events_changed(set(events))
         await state.on_photos_changed(set(events))
     if accounts:
         await state.on_accounts_changed(accounts)

@@ -87,14 +87,14 @@ async def _unused_code(session: AsyncSession) -> str:
 async def change_settings(state: AppState, event_id: int, changes: Mapping[str, Any]) -> Event:
     """Change the event's settings (`gallery`, `joining`, `code_expires_at`, `code`) at once.
 
-    Access checks and joining read the settings from the database, not the cached event, so
-    closing the gallery or joining takes effect at once everywhere; the cache is dropped so
-    pages here say so too.
+    Joining reads the settings from the database, not the cached event; every instance hears
+    of the change and drops its cached copy of the event and of who may see its gallery, so
+    closing the gallery or joining takes effect at once everywhere.
     """
     async with state.db.transaction() as session:
         await session.execute(update(Event).where(Event.id == event_id).values(**changes))
         event = await session.get(Event, event_id)
-    state.caches.events.invalidate({event_id})
+    await state.on_events_changed({event_id})
     if event is None:
         raise NotFound("There is no event with this id.")
     return event

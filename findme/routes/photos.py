@@ -63,24 +63,25 @@ async def all_photos(request: Request) -> Response:
     principal = await require_user(request)
     event_id, cursor, limit = _page(request)
     state = app_state(request)
-    async with state.db.reads() as session:
-        if event_id is None:
-            # Every event at once is not cached: no one event's news says when it changes.
+    if event_id is None:
+        # Every event at once is not cached: no one event's news says when it changes.
+        async with state.db.reads() as session:
             items = await photos.gallery_items(
                 session, principal, event_id=None, cursor=cursor, limit=limit + 1
             )
-            return json_response(_paged(items, limit))
-        # Who may see what is checked on every request; only the page itself is cached.
-        member_id = await gallery_member(state, session, principal, event_id)
+        return json_response(_paged(items, limit))
+    # Who may see what is checked on every request, cached or not (see `gallery_member`).
+    member_id = await gallery_member(state, principal, event_id)
 
-        async def load() -> bytes:
+    async def load() -> bytes:
+        async with state.db.reads() as session:
             items = await photos.event_gallery_items(
                 session, event_id=event_id, member_id=member_id, cursor=cursor, limit=limit + 1
             )
-            return json_bytes(_paged(items, limit))
+        return json_bytes(_paged(items, limit))
 
-        key = gallery_key(event_id=event_id, member_id=member_id, cursor=cursor, limit=limit)
-        page = await state.caches.all_photos.get(key, load)
+    key = gallery_key(event_id=event_id, member_id=member_id, cursor=cursor, limit=limit)
+    page = await state.caches.all_photos.get(key, load)
     return Response(page, media_type="application/json")
 
 
