@@ -93,6 +93,10 @@ async def storage_limit(database_url: str, paths: list[Path], writers: int) -> f
         await connections[0].execute(
             "CREATE TABLE bare_bytes (id bigserial PRIMARY KEY, data bytea)"
         )
+        # Stored as FindMe stores photos (migration 0011): no compression attempt.
+        await connections[0].execute(
+            "ALTER TABLE bare_bytes ALTER COLUMN data SET STORAGE EXTERNAL"
+        )
         await connections[0].execute("CHECKPOINT")  # earlier writes are not flushed on its time
         waiting = list(paths)
 

@@ -67,6 +67,39 @@ async def test_an_empty_database_is_migrated_to_the_models(empty_database_url, t
     assert differences == []
 
 
+async def test_image_bytes_are_stored_without_a_compression_attempt(
+    empty_database_url, tmp_path
+) -> None:
+    """Photos and selfies are compressed already: PostgreSQL keeps them as they are (storage
+    EXTERNAL), rather than spending its CPU on pglz for nothing at every upload."""
+    settings = Settings.from_environ(
+        {"FINDME_DATABASE_URL": empty_database_url, "FINDME_DATA_DIR": str(Path(tmp_path))}
+    )
+    await asyncio.to_thread(migrate, settings)
+    engine = create_async_engine(empty_database_url)
+    try:
+        async with engine.connect() as connection:
+            storage = dict(
+                (
+                    await connection.execute(
+                        text(
+                            "SELECT attrelid::regclass::text || '.' || attname, attstorage::text "
+                            "FROM pg_attribute WHERE attrelid IN ('photos'::regclass, "
+                            "'selfies'::regclass) AND atttypid = 'bytea'::regtype"
+                        )
+                    )
+                ).all()
+            )
+    finally:
+        await engine.dispose()
+    assert storage == {
+        "photos.original": "e",
+        "photos.thumbnail": "e",
+        "selfies.image": "e",
+        "selfies.descriptor": "x",
+    }
+
+
 async def test_a_selfie_on_file_before_several_were_kept_survives_the_upgrade(
     empty_database_url, tmp_path
 ) -> None:
