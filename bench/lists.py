@@ -26,6 +26,7 @@ import os
 import pstats
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -401,6 +402,8 @@ async def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile requests instead")
     parser.add_argument("--profile-requests", type=int, default=1000)
     args = parser.parse_args()
+    if not args.profile and shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: run scripts/apt-install.sh wrk (make bench does).")
     print(f"load average before: {' '.join(f'{load:.1f}' for load in os.getloadavg())}")
     async with fresh_database() as database_url:
         with server(database_url, **UNLIMITED) as srv:
