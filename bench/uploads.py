@@ -85,19 +85,25 @@ def disk_limit(paths: list[Path]) -> float:
     return time.perf_counter() - started
 
 
-async def storage_limit(database_url: str, paths: list[Path], writers: int) -> float:
+async def storage_limit(
+    database_url: str, paths: list[Path], writers: int, *, storage: str = "EXTERNAL"
+) -> tuple[float, float]:
     """Seconds for a bare loop to insert the same bytes as bytea, one transaction per photo,
-    `writers` connections at once: what the storage itself takes, with no app around it."""
+    `writers` connections at once: what the storage itself takes, with no app around it; and
+    the CPU seconds the database's backends spent on it.
+
+    `storage` EXTERNAL is how FindMe stores photos (migration 0011); EXTENDED is PostgreSQL's
+    default, which tries to compress every value first."""
     connections = [await asyncpg.connect(_dsn(database_url)) for _ in range(writers)]
     try:
         await connections[0].execute(
             "CREATE TABLE bare_bytes (id bigserial PRIMARY KEY, data bytea)"
         )
-        # Stored as FindMe stores photos (migration 0011): no compression attempt.
         await connections[0].execute(
-            "ALTER TABLE bare_bytes ALTER COLUMN data SET STORAGE EXTERNAL"
+            f"ALTER TABLE bare_bytes ALTER COLUMN data SET STORAGE {storage}"
         )
         await connections[0].execute("CHECKPOINT")  # earlier writes are not flushed on its time
+        backends = [connection.get_server_pid() for connection in connections]
         waiting = list(paths)
 
         async def write(connection: asyncpg.Connection) -> None:
@@ -105,14 +111,16 @@ async def storage_limit(database_url: str, paths: list[Path], writers: int) -> f
                 data = waiting.pop(0).read_bytes()
                 await connection.execute("INSERT INTO bare_bytes (data) VALUES ($1)", data)
 
+        cpu_before = sum(cpu_s(pid) for pid in backends)
         started = time.perf_counter()
         await asyncio.gather(*(write(connection) for connection in connections))
         elapsed = time.perf_counter() - started
+        cpu = sum(cpu_s(pid) for pid in backends) - cpu_before
         await connections[0].execute("DROP TABLE bare_bytes")
     finally:
         for connection in connections:
             await connection.close()
-    return elapsed
+    return elapsed, cpu
 
 
 async def checkpoint(database_url: str) -> None:
@@ -201,11 +209,18 @@ async def main() -> None:
         with server(url, FINDME_RUN_WORKERS="false") as srv:
             client = await sign_in(srv.url, photographer(srv))
             events = {}
+            default_s, default_cpu = await storage_limit(url, paths, writers=1, storage="EXTENDED")
+            print(
+                f"bytea inserts by a bare loop, 1 writer, PostgreSQL's default storage (EXTENDED, "
+                f"compression tried): {default_s:.2f} s, database CPU "
+                f"{default_cpu * 1000 / len(paths):.0f} ms per photo"
+            )
             for requests in (1, 10):
-                store_s = await storage_limit(url, paths, writers=requests)
+                store_s, store_cpu = await storage_limit(url, paths, writers=requests)
                 print(
                     f"bytea inserts by a bare loop, {requests} writer(s) (the storage's limit): "
-                    f"{store_s:.2f} s ({total_mb / store_s:.0f} MB/s)"
+                    f"{store_s:.2f} s ({total_mb / store_s:.0f} MB/s), database CPU "
+                    f"{store_cpu * 1000 / len(paths):.0f} ms per photo"
                 )
                 created = await client.post("/api/events", json={"name": f"{requests} requests"})
                 events[requests] = created.json()["id"]
