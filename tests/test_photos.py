@@ -108,6 +108,26 @@ async def test_upload_many_real_photos_in_one_request(organiser, server) -> None
         assert shown.size == (round(upright.width * scale), round(upright.height * scale))
 
 
+async def test_photos_of_several_megabytes_are_stored_byte_for_byte(organiser) -> None:
+    """A camera-sized file reaches its temp file in many pieces: none is lost or reordered."""
+    rng = np.random.default_rng(7)
+    sent = []
+    for name in ("e01.jpg", "e05.jpg"):
+        photo = Image.open(faces_dir() / "event" / name).convert("RGB").resize((4000, 2667))
+        grain = rng.normal(0, 12, (2667, 4000, 3))
+        grainy = Image.fromarray(np.clip(np.asarray(photo) + grain, 0, 255).astype(np.uint8))
+        buffer = io.BytesIO()
+        grainy.save(buffer, "JPEG", quality=95)
+        sent.append((f"big-{name}", buffer.getvalue()))
+    assert all(len(data) > 3_000_000 for _, data in sent)
+    response = await upload(organiser, organiser.event["id"], *sent)
+    assert response.status_code == 202, response.text
+    for (_, data), result in zip(sent, response.json()["results"], strict=True):
+        assert result["status"] == "created"
+        stored = await organiser.get(f"/api/image/{result['photo_id']}")
+        assert stored.content == data
+
+
 async def test_same_bytes_twice_is_a_duplicate_same_name_other_bytes_is_new(organiser) -> None:
     event_id = organiser.event["id"]
     first = (await upload(organiser, event_id, ("a.jpg", jpeg("red")))).json()["results"][0]
