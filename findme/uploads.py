@@ -20,9 +20,6 @@ from findme.errors import BadRequest, TooLarge, UnsupportedMedia
 MAX_FILENAME_CHARS = 200
 MAX_FIELD_BYTES = 1024
 MAX_BOUNDARY_CHARS = 70  # RFC 2046; browsers, curl and httpx use 30 to 50
-# A part arrives in the server's reads (64 KB at most) and each write to its temp file is a trip
-# to a thread: they are gathered into writes of about this size (a bounded buffer per upload).
-WRITE_BYTES = 1 << 20
 
 
 class RequestTooLarge(TooLarge):
@@ -59,28 +56,6 @@ def safe_filename(raw: str) -> str:
         keep = extension[:10] if dot else ""
         name = name[: MAX_FILENAME_CHARS - len(keep) - 1] + ("." + keep if keep else "")
     return name or "photo"
-
-
-class _TempFile:
-    """A file part on its way to disk, written in pieces of about `WRITE_BYTES`."""
-
-    def __init__(self, sink: Any) -> None:
-        self._sink = sink
-        self._pending = bytearray()
-
-    async def write(self, data: bytes) -> None:
-        self._pending += data
-        if len(self._pending) >= WRITE_BYTES:
-            await self._flush()
-
-    async def close(self) -> None:
-        await self._flush()
-        await self._sink.close()
-
-    async def _flush(self) -> None:
-        if self._pending:
-            await self._sink.write(self._pending)
-            self._pending.clear()
 
 
 class _PartEvents:
@@ -170,7 +145,7 @@ async def receive_files(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     current: ReceivedFile | None = None
     field: tuple[str, bytearray] | None = None
-    sink: _TempFile | None = None
+    sink: Any = None
     received_bytes = 0
     files = 0
     try:
@@ -202,7 +177,7 @@ async def receive_files(
                         )
                     fd, name = tempfile.mkstemp(dir=tmp_dir, suffix=".upload")
                     current = ReceivedFile(filename=safe_filename(value), path=Path(name))
-                    sink = _TempFile(await aiofiles.open(fd, "wb"))
+                    sink = await aiofiles.open(fd, "wb")
                 elif kind == "data" and current is not None and sink is not None:
                     current.size_bytes += len(value)
                     if current.size_bytes > max_file_bytes:
