@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -207,6 +209,23 @@ async def test_an_event_gallery_is_cached_until_its_photos_change(
     assert (await gallery_cache(admin))["size"] == 0
 
 
+@contextlib.asynccontextmanager
+async def another_instance(settings, *clients) -> AsyncIterator[dict]:
+    """A second instance on the same database, and each client signed in there too."""
+    async with serve(settings) as other_url:
+        there = {
+            client: httpx.AsyncClient(
+                base_url=other_url, cookies=client.cookies, headers=dict(client.headers)
+            )
+            for client in clients
+        }
+        try:
+            yield there
+        finally:
+            for client in there.values():
+                await client.aclose()
+
+
 async def test_galleries_on_two_instances_hear_of_each_others_changes(
     make_user, make_event, server, settings
 ) -> None:
@@ -214,52 +233,42 @@ async def test_galleries_on_two_instances_hear_of_each_others_changes(
     event = await make_event(organiser)
     await join(member, event)
     (first,) = await upload(organiser, event["id"], ("a.jpg", jpeg(1)))
-    async with serve(settings) as other_url:
-        there = {
-            client: httpx.AsyncClient(
-                base_url=other_url, cookies=client.cookies, headers=dict(client.headers)
+    async with another_instance(settings, organiser, member) as there:
+        for _ in range(2):  # cached there
+            assert await gallery(there[organiser], event["id"]) == {first: "queued"}
+            assert await gallery(there[member], event["id"]) == {}
+
+        (second,) = await upload(organiser, event["id"], ("b.jpg", jpeg(2)))
+
+        async def added() -> bool:
+            return set(await gallery(there[organiser], event["id"])) == {first, second}
+
+        assert await eventually(added)
+        assert (await organiser.delete(f"/api/photo/{first}")).status_code == 204
+
+        async def deleted() -> bool:
+            return set(await gallery(there[organiser], event["id"])) == {second}
+
+        assert await eventually(deleted)
+
+        # A member who sees only their own photos hears of their matches, as in "my photos".
+        await add_matches(
+            settings, user_id=member.user["id"], event_id=event["id"], photo_ids=[second]
+        )
+
+        async def matched() -> bool:
+            return set(await gallery(there[member], event["id"])) == {second}
+
+        assert await eventually(matched)
+        assert (await organiser.delete(f"/api/events/{event['id']}")).status_code == 204
+
+        async def gone() -> bool:
+            response = await there[organiser].get(
+                "/api/all-photos", params={"event_id": event["id"]}
             )
-            for client in (organiser, member)
-        }
-        try:
-            for _ in range(2):  # cached there
-                assert await gallery(there[organiser], event["id"]) == {first: "queued"}
-                assert await gallery(there[member], event["id"]) == {}
+            return response.status_code == 404 or response.json()["items"] == []
 
-            (second,) = await upload(organiser, event["id"], ("b.jpg", jpeg(2)))
-
-            async def added() -> bool:
-                return set(await gallery(there[organiser], event["id"])) == {first, second}
-
-            assert await eventually(added)
-            assert (await organiser.delete(f"/api/photo/{first}")).status_code == 204
-
-            async def deleted() -> bool:
-                return set(await gallery(there[organiser], event["id"])) == {second}
-
-            assert await eventually(deleted)
-
-            # A member who sees only their own photos hears of their matches, as in "my photos".
-            await add_matches(
-                settings, user_id=member.user["id"], event_id=event["id"], photo_ids=[second]
-            )
-
-            async def matched() -> bool:
-                return set(await gallery(there[member], event["id"])) == {second}
-
-            assert await eventually(matched)
-            assert (await organiser.delete(f"/api/events/{event['id']}")).status_code == 204
-
-            async def gone() -> bool:
-                response = await there[organiser].get(
-                    "/api/all-photos", params={"event_id": event["id"]}
-                )
-                return response.status_code == 404 or response.json()["items"] == []
-
-            assert await eventually(gone)
-        finally:
-            for client in there.values():
-                await client.aclose()
+        assert await eventually(gone)
 
 
 async def test_who_may_see_a_gallery_is_heard_of_on_every_instance(
@@ -274,44 +283,30 @@ async def test_who_may_see_a_gallery_is_heard_of_on_every_instance(
     await join(member, event)
     first, second = await upload(organiser, event["id"], ("a.jpg", jpeg(1)), ("b.jpg", jpeg(2)))
     await add_matches(settings, user_id=member.user["id"], event_id=event["id"], photo_ids=[first])
-    async with serve(settings) as other_url:
-        there = {
-            client: httpx.AsyncClient(
-                base_url=other_url, cookies=client.cookies, headers=dict(client.headers)
-            )
-            for client in (member, newcomer)
-        }
-        try:
-            for _ in range(2):  # the member's access and page are now cached there
-                assert set(await gallery(there[member], event["id"])) == {first}
+    async with another_instance(settings, member, newcomer) as there:
+        for _ in range(2):  # the member's access and page are now cached there
+            assert set(await gallery(there[member], event["id"])) == {first}
 
-            # The organiser opens the gallery to all, then closes it, on this instance.
-            for setting, seen in (("all", {first, second}), ("own", {first})):
-                changed = await organiser.patch(
-                    f"/api/events/{event['id']}", json={"gallery": setting}
-                )
-                assert changed.status_code == 200, changed.text
+        # The organiser opens the gallery to all, then closes it, on this instance.
+        for setting, seen in (("all", {first, second}), ("own", {first})):
+            changed = await organiser.patch(f"/api/events/{event['id']}", json={"gallery": setting})
+            assert changed.status_code == 200, changed.text
 
-                async def shown(seen: set[int] = seen) -> bool:
-                    return set(await gallery(there[member], event["id"])) == seen
+            async def shown(seen: set[int] = seen) -> bool:
+                return set(await gallery(there[member], event["id"])) == seen
 
-                assert await eventually(shown)
+            assert await eventually(shown)
 
-            # A refusal is not remembered: joining here lets the newcomer in there at once.
-            refused = await there[newcomer].get("/api/all-photos", params={"event_id": event["id"]})
-            assert refused.status_code == 404
-            await join(newcomer, event)
-            assert await gallery(there[newcomer], event["id"]) == {}
+        # A refusal is not remembered: joining here lets the newcomer in there at once.
+        refused = await there[newcomer].get("/api/all-photos", params={"event_id": event["id"]})
+        assert refused.status_code == 404
+        await join(newcomer, event)
+        assert await gallery(there[newcomer], event["id"]) == {}
 
-            assert (await organiser.delete(f"/api/events/{event['id']}")).status_code == 204
+        assert (await organiser.delete(f"/api/events/{event['id']}")).status_code == 204
 
-            async def gone() -> bool:
-                response = await there[member].get(
-                    "/api/all-photos", params={"event_id": event["id"]}
-                )
-                return response.status_code == 404
+        async def gone() -> bool:
+            response = await there[member].get("/api/all-photos", params={"event_id": event["id"]})
+            return response.status_code == 404
 
-            assert await eventually(gone)
-        finally:
-            for client in there.values():
-                await client.aclose()
+        assert await eventually(gone)
