@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import time
 from pathlib import Path
@@ -88,9 +89,10 @@ async def upload_all(
     *,
     per_request: int,
     parallel: int,
-    answered: list[float] | None = None,
+    answered: list[tuple[float, list[int]]] | None = None,
 ):
-    """Send the photos in order; `answered` collects when each request was answered."""
+    """Send the photos in order; `answered` collects when each request was answered, with the
+    ids of the jobs it queued."""
     semaphore = asyncio.Semaphore(parallel)
 
     async def send(batch: list[Path]) -> None:
@@ -101,7 +103,8 @@ async def upload_all(
             )
             response.raise_for_status()
             if answered is not None:
-                answered.append(time.perf_counter())
+                results = response.json()["results"]
+                answered.append((time.perf_counter(), [r["job_id"] for r in results]))
 
     batches = [paths[i : i + per_request] for i in range(0, len(paths), per_request)]
     await asyncio.gather(*(send(batch) for batch in batches))
@@ -158,7 +161,7 @@ async def pipeline_run(paths: list[Path], database_url: str) -> dict[str, float]
                     first_match.append(time.perf_counter() - started)
                     return
 
-        answered: list[float] = []
+        answered: list[tuple[float, list[int]]] = []
         upload = asyncio.create_task(
             upload_all(organiser, event["id"], paths, per_request=1, parallel=3, answered=answered)
         )
@@ -181,13 +184,22 @@ async def pipeline_run(paths: list[Path], database_url: str) -> dict[str, float]
                 missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
                 print(f"  {person}: missing {missing}, unexpected {extra}")
         progress = (await organiser.get(f"/api/events/{event['id']}/progress")).json()
+        # The first answered photo's job, on the bench's clock: when it was claimed and done.
+        first_job = (await organiser.get(f"/api/jobs/{answered[0][1][0]}")).json()
+        on_bench_clock = time.perf_counter() - time.time()
+        job_claimed_s, job_done_s = (
+            dt.datetime.fromisoformat(first_job[field]).timestamp() + on_bench_clock - started
+            for field in ("started_at", "finished_at")
+        )
         return {
             "photos_per_s": len(paths) / elapsed,
             "web_cpu_ms": web_cpu * 1000 / len(paths),
             "elapsed_s": elapsed,
             "uploaded_s": uploaded_s,
             "first_match_s": first_match[0] if first_match else float("nan"),
-            "first_answer_s": answered[0] - started,
+            "first_answer_s": answered[0][0] - started,
+            "first_job_claimed_s": job_claimed_s,
+            "first_job_done_s": job_done_s,
             "failed": progress["failed"],
             "attendees_wrong": wrong,
         }
@@ -260,6 +272,13 @@ async def main() -> None:
         f"first match: {run['first_match_s'] - run['first_answer_s']:.2f} s after the first "
         f"upload was answered ({run['first_match_s']:.2f} s after it was sent), "
         f"in /api/my-photos"
+    )
+    queued_s = run["first_job_claimed_s"] - run["first_answer_s"]
+    ran_s = run["first_job_done_s"] - run["first_job_claimed_s"]
+    print(
+        f"  the first answered photo's job: claimed {queued_s:.2f} s after the answer, done "
+        f"{ran_s:.2f} s later; its match seen {run['first_match_s'] - run['first_job_done_s']:.2f} "
+        "s after that"
     )
     print(
         f"web process CPU: {run['web_cpu_ms']:.0f} ms per photo "
