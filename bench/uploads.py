@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import asyncpg
+from sqlalchemy.engine import make_url
 
 from bench.harness import (
     Server,
@@ -90,7 +91,7 @@ async def storage_limit(
 ) -> tuple[float, float]:
     """Seconds for a bare loop to insert the same bytes as bytea, one transaction per photo,
     `writers` connections at once: what the storage itself takes, with no app around it; and
-    the CPU seconds the database's backends spent on it.
+    the CPU seconds the database's backends spent on it (nan when it runs on another machine).
 
     `storage` EXTERNAL is how FindMe stores photos (migration 0011); EXTENDED is PostgreSQL's
     default, which tries to compress every value first."""
@@ -103,7 +104,9 @@ async def storage_limit(
             f"ALTER TABLE bare_bytes ALTER COLUMN data SET STORAGE {storage}"
         )
         await connections[0].execute("CHECKPOINT")  # earlier writes are not flushed on its time
-        backends = [connection.get_server_pid() for connection in connections]
+        # The backends' CPU is read from /proc: only when the database runs on this machine.
+        local = make_url(database_url).host in {None, "", "localhost", "127.0.0.1", "::1"}
+        backends = [connection.get_server_pid() for connection in connections] if local else []
         waiting = list(paths)
 
         async def write(connection: asyncpg.Connection) -> None:
@@ -120,7 +123,7 @@ async def storage_limit(
     finally:
         for connection in connections:
             await connection.close()
-    return elapsed, cpu
+    return elapsed, cpu if local else float("nan")
 
 
 async def checkpoint(database_url: str) -> None:
