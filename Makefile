@@ -2,6 +2,8 @@
 VENV    ?= .venv
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
+# bash: the benchmarks' outputs go through tee, and a recipe keeps the benchmark's exit status.
+SHELL   := /bin/bash
 
 .PHONY: install run test lint bench services clean
 
@@ -25,18 +27,23 @@ test: install services
 	$(VENV)/bin/python -m pytest -n auto --dist loadfile
 
 # Every benchmark, each printing its figures (docs/BENCHMARKS.md); about half an hour on 2 cores
-# the first time (test photos are generated and cached in bench/.cache), less afterwards.
+# the first time (test photos are generated and cached in bench/.cache), less afterwards. The
+# outputs the goals are read from are kept in bench/.cache/out, and the run ends with the table
+# of goals against what was measured (bench/summary.py).
+BENCH_OUT := bench/.cache/out
 bench: install services
 	@command -v wrk >/dev/null || scripts/apt-install.sh wrk
-	$(VENV)/bin/python -m bench.lists
-	$(VENV)/bin/python -m bench.uploads
-	$(VENV)/bin/python -m bench.pipeline
+	@mkdir -p $(BENCH_OUT)
+	$(VENV)/bin/python -u -m bench.lists | tee $(BENCH_OUT)/lists.txt; exit $${PIPESTATUS[0]}
+	$(VENV)/bin/python -u -m bench.uploads | tee $(BENCH_OUT)/uploads.txt; exit $${PIPESTATUS[0]}
+	$(VENV)/bin/python -u -m bench.pipeline | tee $(BENCH_OUT)/pipeline.txt; exit $${PIPESTATUS[0]}
 	$(VENV)/bin/python -m bench.group_shots
 	$(VENV)/bin/python -m bench.aws_calls
 	$(VENV)/bin/python -m bench.detection
 	$(VENV)/bin/python -m bench.recovery
 	$(VENV)/bin/python -m bench.live
 	$(VENV)/bin/python -m bench.scale
+	$(VENV)/bin/python -m bench.summary $(BENCH_OUT)
 
 lint: install
 	$(VENV)/bin/ruff check findme tests bench alembic
