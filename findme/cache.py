@@ -121,7 +121,7 @@ class Caches:
     users: AsyncCache[Any]
     sessions: AsyncCache[Any]
     # (event id, user id) -> the event's gallery setting, for members only (see `gallery_member`)
-    memberships: AsyncCache[Any]
+    gallery_access: AsyncCache[Any]
 
     @classmethod
     def create(
@@ -136,7 +136,7 @@ class Caches:
             # Signed-in browsers: without it every request pays a database round trip.
             sessions=AsyncCache("sessions", maxsize=20_000, ttl_s=users_s),
             # Every gallery page a member opens asks: without it, a database round trip each.
-            memberships=AsyncCache("memberships", maxsize=50_000, ttl_s=users_s),
+            gallery_access=AsyncCache("gallery_access", maxsize=50_000, ttl_s=users_s),
         )
 
     def all(self) -> list[AsyncCache[Any]]:
@@ -146,7 +146,7 @@ class Caches:
             self.events,
             self.users,
             self.sessions,
-            self.memberships,
+            self.gallery_access,
         ]
 
     async def matches_changed(self, user_ids: set[int]) -> None:
@@ -161,7 +161,7 @@ class Caches:
         """These events' settings changed (who sees the gallery among them), or they were
         deleted."""
         self.events.invalidate(set(event_ids))
-        self.memberships.invalidate(set(event_ids))
+        self.gallery_access.invalidate(set(event_ids))
 
     def clear(self) -> None:
         for cache in self.all():

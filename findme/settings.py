@@ -399,7 +399,7 @@ class Settings:
         default=60.0,
         metadata=env(
             "FINDME_CACHE_USERS_S",
-            doc="lifetime of cached users, signed-in sessions and memberships; 0 turns it off",
+            doc="lifetime of cached users, signed-in sessions and gallery access; 0 turns it off",
         ),
     )
     metrics_token: Secret = field(

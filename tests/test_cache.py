@@ -107,7 +107,7 @@ async def test_admin_sees_cache_figures_and_clears_them(make_user, make_event) -
         "events",
         "users",
         "sessions",
-        "memberships",
+        "gallery_access",
     }
     assert set(stats["queue"]) >= {
         "total_enqueued",

@@ -118,9 +118,9 @@ async def gallery_member(state: AppState, principal: Principal, event_id: int) -
             )
         if gallery is None:
             raise NotFound(NO_EVENT)
-        return Gallery(gallery)
+        return gallery
 
-    gallery = await state.caches.memberships.get((event_id, principal.id), load_gallery)
+    gallery = await state.caches.gallery_access.get((event_id, principal.id), load_gallery)
     return None if gallery == Gallery.all else principal.id
 
 
