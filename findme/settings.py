@@ -192,6 +192,14 @@ class Settings:
         default=10,
         metadata=env("FINDME_ENGINE_NICENESS", doc="CPU priority of the face engine's processes"),
     )
+    engine_urgent_processes: int = field(
+        default=1,
+        metadata=env(
+            "FINDME_ENGINE_URGENT_PROCESSES",
+            doc="more face engine processes, at the server's own CPU priority, for selfies and "
+            "the first photos of a batch (0: none)",
+        ),
+    )
     recognizer: str = field(
         default="local",
         metadata=env(

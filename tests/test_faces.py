@@ -10,6 +10,8 @@ import io
 import os
 import signal
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -34,6 +36,9 @@ from tests.shared_faces import faces_dir, group_shot, iou, manifest
 MIN_FACE_PX = 120  # the settings default
 THUMBNAIL_PX = 480  # the settings default, which the engine's pool uses unless told
 GROUP_FACE_WIDTHS = [120, 129, 138, 147, 156, 164, 173, 182, 191, 200]
+
+
+T = TypeVar("T")
 
 
 def read(relative: str) -> bytes:
@@ -323,7 +328,7 @@ async def test_local_recognizer_runs_in_processes_and_survives_a_killed_worker(p
     names = ["e12.jpg", "e13.jpg", "e14.jpg", "e08.png"]
     async with LocalRecognizer(processes=2, min_face_px=MIN_FACE_PX) as recognizer:
         await recognizer.warm_up()
-        pool = recognizer._pool
+        pool = recognizer._bulk._pool
         assert len(pool._processes) == 2
 
         results = await asyncio.gather(
@@ -340,11 +345,54 @@ async def test_local_recognizer_runs_in_processes_and_survives_a_killed_worker(p
             await asyncio.sleep(0.02)
 
         assert await recognizer.analyse_photo(read("event/e12.jpg")) == photos["e12.jpg"]
-        assert recognizer._pool is not pool
-        assert victim not in recognizer._pool._processes
-    assert recognizer._pool is None
+        assert recognizer._bulk._pool is not pool
+        assert victim not in recognizer._bulk._pool._processes
+    assert recognizer._bulk._pool is None
     with pytest.raises(RuntimeError, match="not open"):
         await recognizer.analyse_selfie(read("selfies/biden.jpg"))
+
+
+async def noted(finished: list[str], label: str, call: Awaitable[T]) -> T:
+    result = await call
+    finished.append(label)
+    return result
+
+
+async def test_a_selfie_goes_past_the_photos_of_a_mass_upload(photos, selfies):
+    """Someone enrolling a selfie does not wait behind the photos of a mass upload: the urgent
+    lane runs at the server's priority, the bulk lane below it."""
+    backlog_names = ["e12.jpg", "e13.jpg", "e14.jpg", "e08.png"] * 2
+    finished: list[str] = []
+    async with LocalRecognizer(processes=1, urgent_processes=1, min_face_px=MIN_FACE_PX) as engine:
+        await engine.warm_up()
+        bulk_pid, urgent_pid = (next(iter(lane._pool._processes)) for lane in engine._lanes())
+        assert os.getpriority(os.PRIO_PROCESS, urgent_pid) == os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, bulk_pid) > os.getpriority(os.PRIO_PROCESS, 0)
+
+        backlog = [
+            asyncio.create_task(noted(finished, name, engine.analyse_photo(read(f"event/{name}"))))
+            for name in backlog_names
+        ]
+        await asyncio.sleep(0)  # the backlog is submitted first
+        assert await engine.analyse_selfie(read("selfies/biden.jpg")) == selfies["biden"]
+        assert len(finished) < len(backlog) / 2
+        assert await asyncio.gather(*backlog) == [photos[name] for name in backlog_names]
+
+
+async def test_an_urgent_photo_does_not_wait_for_a_busy_urgent_lane(photos):
+    big, _ = group_shot([120, 150, 180, 200])
+    finished: list[str] = []
+    # Both lanes at one priority: what is tested here is where the photos go.
+    async with LocalRecognizer(
+        processes=1, urgent_processes=1, niceness=0, min_face_px=MIN_FACE_PX
+    ) as engine:
+        await engine.warm_up()
+        first = asyncio.create_task(noted(finished, "big", engine.analyse_photo(big, urgent=True)))
+        await asyncio.sleep(0)  # the 24 MP photo holds the urgent lane
+        small = engine.analyse_photo(read("event/e12.jpg"), urgent=True)
+        assert await noted(finished, "small", small) == photos["e12.jpg"]
+        assert finished == ["small"]
+        assert len((await first).faces) == 4
 
 
 async def test_local_recognizer_runs_the_detector_it_names(hog_photos):

@@ -17,6 +17,7 @@ from findme.engines.base import (
     finish_photo,
     store_faces,
 )
+from findme.engines.local.batch_heads import BatchHeads
 from findme.engines.local.face_index import FaceIndex
 from findme.engines.local.faces import DESCRIPTOR_BYTES, UnreadableImage
 from findme.engines.local.pool import LocalRecognizer
@@ -54,6 +55,7 @@ class LocalEngine(PhotoJobs):
         self._threshold = threshold
         self._suggestion_margin = suggestion_margin
         self.face_index = FaceIndex()
+        self._batch_heads = BatchHeads()
 
     def describe(self) -> dict[str, str]:
         return {"engine": self.name, "detector": self.recognizer.detector_name}
@@ -69,12 +71,14 @@ class LocalEngine(PhotoJobs):
         started = await self._start_photo(job.photo_id)
         if started is None:
             return  # deleted while queued: nothing to do
+        event_id = started.event_id
         data = await self._storage.read_original(job.photo_id)
-        analysis = await self.recognizer.analyse_photo(data)
+        analysis = await self.recognizer.analyse_photo(
+            data, urgent=self._batch_heads.is_head(event_id)
+        )
         assert analysis.thumbnail is not None  # the recognizer makes one with every photo
         if not await self._keep_thumbnail(job.photo_id, analysis.thumbnail):
             return  # deleted while it was analysed
-        event_id = started.event_id
         async with self._event_writes(event_id) as session:
             found = [NewFace(face.box, descriptor=face.descriptor) for face in analysis.faces]
             ids = await store_faces(session, photo_id=job.photo_id, event_id=event_id, faces=found)
@@ -198,6 +202,7 @@ async def open_recognizer(stack: AsyncExitStack, settings: Settings) -> LocalRec
             min_face_px=settings.min_face_px,
             thumbnail_px=settings.thumbnail_px,
             niceness=settings.engine_niceness,
+            urgent_processes=settings.engine_urgent_processes,
             detector=settings.detector,
             min_score=settings.detector_min_score,
         )

@@ -76,7 +76,13 @@ def _worker_pid() -> int:
 
 
 class LocalRecognizer:
-    """Runs the face code in a pool of processes that each load the dlib models once."""
+    """Runs the face code in pools of processes that each load the dlib models once.
+
+    The bulk lane (`processes`, at `niceness`) takes photos; the urgent lane
+    (`urgent_processes`, at the server's own CPU priority) takes selfies, which someone waits
+    for on a page, and the first photos of a batch while it is free, so the first matches show
+    while the rest of the batch still pours in (`BatchHeads`).
+    """
 
     def __init__(
         self,
@@ -85,22 +91,35 @@ class LocalRecognizer:
         min_face_px: int,
         thumbnail_px: int = DEFAULT_THUMBNAIL_PX,
         niceness: int = 10,
+        urgent_processes: int = 0,
         detector: str = DEFAULT_DETECTOR,
         min_score: float = DEFAULT_MIN_SCORE,
     ) -> None:
-        self.processes = processes
         self.min_face_px = min_face_px
         self.thumbnail_px = thumbnail_px
-        self.niceness = niceness
         # Resolved here, once: a "cnn" that cannot run fails at startup, an "auto" that falls
         # back to HOG warns once, and every worker process uses the same detector.
         self.detector_name = available_detector(detector)
         self.min_score = min_score
-        self._pool: ProcessPoolExecutor | None = None
+        self._bulk = _Lane("bulk", processes, niceness, self.detector_name, min_score)
+        self._urgent = (
+            _Lane("urgent", urgent_processes, 0, self.detector_name, min_score)
+            if urgent_processes
+            else None
+        )
+
+    @property
+    def processes(self) -> int:
+        return self._bulk.processes
+
+    @property
+    def urgent_processes(self) -> int:
+        return 0 if self._urgent is None else self._urgent.processes
 
     async def __aenter__(self) -> LocalRecognizer:
         models_dir()  # fail at startup, not in every worker
-        self._pool = self._new_pool()
+        for lane in self._lanes():
+            lane.open()
         return self
 
     async def __aexit__(
@@ -109,28 +128,28 @@ class LocalRecognizer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            # Waiting for a running call to finish must not block the event loop.
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        await asyncio.gather(*(lane.close() for lane in self._lanes()))
 
     async def warm_up(self) -> None:
         """Start every worker process and load its models, so the first photo is not slow."""
         started = time.perf_counter()
-        seen: set[int] = set()
-        while len(seen) < self.processes:
-            calls = [self._run(_worker_pid) for _ in range(self.processes)]
-            seen.update(await asyncio.gather(*calls))
+        await asyncio.gather(*(lane.warm_up() for lane in self._lanes()))
         logger.info(
-            "Face recognition ready in %d processes (%.1f s)",
-            self.processes,
+            "Face recognition ready in %d processes, %d of them for urgent work (%.1f s)",
+            self.processes + self.urgent_processes,
+            self.urgent_processes,
             time.perf_counter() - started,
             extra={"action": "recognizer_warm_up"},
         )
 
-    async def analyse_photo(self, data: bytes) -> FaceAnalysis:
-        """The photo's faces and its grid thumbnail, from one decode."""
+    async def analyse_photo(self, data: bytes, *, urgent: bool = False) -> FaceAnalysis:
+        """The photo's faces and its grid thumbnail, from one decode; `urgent` photos take the
+        urgent lane when it is free (never waiting for it: the bulk lane is as quick then)."""
+        lane = self._bulk
+        if urgent and self._urgent is not None and self._urgent.free:
+            lane = self._urgent
         return await self._decode_photo(
+            lane,
             functools.partial(
                 analyse_photo,
                 data,
@@ -138,21 +157,21 @@ class LocalRecognizer:
                 thumbnail_px=self.thumbnail_px,
                 detector=self.detector_name,
                 min_score=self.min_score,
-            )
+            ),
         )
 
     async def make_thumbnail(self, data: bytes) -> bytes:
         """A photo's grid thumbnail alone (the cloud engine finds the faces)."""
         return await self._decode_photo(
-            functools.partial(photo_thumbnail, data, size_px=self.thumbnail_px)
+            self._bulk, functools.partial(photo_thumbnail, data, size_px=self.thumbnail_px)
         )
 
-    async def _decode_photo(self, call: Callable[[], _T]) -> _T:
+    async def _decode_photo(self, lane: _Lane, call: Callable[[], _T]) -> _T:
         """Run a call that decodes an uploaded photo. The upload checked its header only, so
         pixels that cannot be decoded show here, as CorruptImage: the job fails with the
         sentence its photographer sees on the event page."""
         try:
-            return await self._run(call)
+            return await lane.run(call)
         except UnreadableImage as error:
             logger.warning(
                 "a photo cannot be decoded: %s", error, extra={"action": "photo_undecodable"}
@@ -160,20 +179,64 @@ class LocalRecognizer:
             raise CorruptImage() from None
 
     async def analyse_selfie(self, data: bytes) -> FaceAnalysis:
-        return await self._run(
+        """A selfie's faces, in the urgent lane where there is one: its person is waiting."""
+        return await (self._urgent or self._bulk).run(
             functools.partial(
                 analyse_selfie, data, detector=self.detector_name, min_score=self.min_score
             )
         )
+
+    def _lanes(self) -> list[_Lane]:
+        return [self._bulk] if self._urgent is None else [self._bulk, self._urgent]
+
+
+class _Lane:
+    """A pool of engine processes at one CPU priority, replaced when one of them dies."""
+
+    def __init__(
+        self, name: str, processes: int, niceness: int, detector: str, min_score: float
+    ) -> None:
+        self.name = name
+        self.processes = processes
+        self._initargs = (niceness, detector, min_score)
+        self._pool: ProcessPoolExecutor | None = None
+        self._running = 0
+
+    @property
+    def free(self) -> bool:
+        """Whether a process of the lane would take a call at once."""
+        return self._running < self.processes
+
+    def open(self) -> None:
+        self._pool = self._new_pool()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Waiting for a running call to finish must not block the event loop.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+    async def warm_up(self) -> None:
+        seen: set[int] = set()
+        while len(seen) < self.processes:
+            calls = [self.run(_worker_pid) for _ in range(self.processes)]
+            seen.update(await asyncio.gather(*calls))
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.niceness, self.detector_name, self.min_score),
+            initargs=self._initargs,
             max_tasks_per_child=_TASKS_PER_PROCESS,
         )
+
+    async def run(self, call: Callable[[], _T]) -> _T:
+        self._running += 1
+        try:
+            return await self._run(call)
+        finally:
+            self._running -= 1
 
     async def _run(self, call: Callable[[], _T]) -> _T:
         pool = self._pool
@@ -186,7 +249,8 @@ class LocalRecognizer:
             # A worker died (killed, out of memory): start a fresh pool and try once more.
             if self._pool is pool:
                 logger.warning(
-                    "A face recognition process died; restarting the pool",
+                    "A face recognition process died; restarting the %s pool",
+                    self.name,
                     extra={"action": "recognizer_restart"},
                 )
                 pool.shutdown(wait=False, cancel_futures=True)
