@@ -28,7 +28,7 @@ from findme.engines.local.faces import (
     descriptor_distance,
     photo_scan_scale,
 )
-from findme.engines.local.pool import LocalRecognizer
+from findme.engines.local.pool import LocalRecognizer, _Lane, _worker_pid
 from findme.engines.matching import nearest_member
 from tests.crowd import crowd_scenes
 from tests.shared_faces import faces_dir, group_shot, iou, manifest
@@ -350,6 +350,21 @@ async def test_local_recognizer_runs_in_processes_and_survives_a_killed_worker(p
     assert recognizer._bulk._pool is None
     with pytest.raises(RuntimeError, match="not open"):
         await recognizer.analyse_selfie(read("selfies/biden.jpg"))
+
+
+async def test_a_lane_replaces_its_processes_and_never_hangs_with_calls_queued():
+    """Processes are replaced after their share of calls (the CNN's wheel leaks a little on
+    every scan), also with calls queued: where Python 3.11's max_tasks_per_child can leave the
+    pool without a process and hang (CPython gh-115634), a lane starts a fresh pool."""
+    lane = _Lane("bulk", 1, 0, "hog", 0.7, tasks_per_process=2)
+    lane.open()
+    try:
+        async with asyncio.timeout(120):
+            pids = await asyncio.gather(*(lane.run(_worker_pid) for _ in range(6)))
+    finally:
+        await lane.close()
+    assert len(set(pids)) == 3
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4] == pids[5]
 
 
 async def noted(finished: list[str], label: str, call: Awaitable[T]) -> T:

@@ -39,10 +39,12 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 DEFAULT_THUMBNAIL_PX = Settings.thumbnail_px
-# An engine process is replaced after this many calls: the CNN's wheel leaks its 36 KB result
-# buffer on every scan (~0.2 MB a 24 MP photo: four tiles and a coarse pass), so ~100 MB at most;
-# a fresh process costs ~1 s of model loading, 0.2 % of 500 photos' time.
-_TASKS_PER_PROCESS = 500
+# A lane's processes are replaced once they took this many calls each: the CNN's wheel leaks its
+# 36 KB result buffer on every scan (~0.2 MB a 24 MP photo: four tiles and a coarse pass), so
+# ~100 MB at most; a fresh process costs ~1 s of model loading, 0.2 % of 500 photos' time. Not
+# with ProcessPoolExecutor's max_tasks_per_child: on Python 3.11 it can fail to replace a process
+# that reached it, and the pool then hangs with calls queued (CPython gh-115634).
+TASKS_PER_PROCESS = 500
 
 
 def _init_worker(niceness: int, detector: str, min_score: float) -> None:
@@ -191,15 +193,25 @@ class LocalRecognizer:
 
 
 class _Lane:
-    """A pool of engine processes at one CPU priority, replaced when one of them dies."""
+    """A pool of engine processes at one CPU priority: replaced by a fresh one when one of its
+    processes dies, and once its processes took `tasks_per_process` calls each."""
 
     def __init__(
-        self, name: str, processes: int, niceness: int, detector: str, min_score: float
+        self,
+        name: str,
+        processes: int,
+        niceness: int,
+        detector: str,
+        min_score: float,
+        *,
+        tasks_per_process: int = TASKS_PER_PROCESS,
     ) -> None:
         self.name = name
         self.processes = processes
         self._initargs = (niceness, detector, min_score)
+        self._tasks_per_process = tasks_per_process
         self._pool: ProcessPoolExecutor | None = None
+        self._calls_left = 0
         self._running = 0
 
     @property
@@ -223,13 +235,25 @@ class _Lane:
             seen.update(await asyncio.gather(*calls))
 
     def _new_pool(self) -> ProcessPoolExecutor:
+        self._calls_left = self.processes * self._tasks_per_process
         return ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
             initargs=self._initargs,
-            max_tasks_per_child=_TASKS_PER_PROCESS,
         )
+
+    def _next_pool(self) -> ProcessPoolExecutor:
+        """The pool the next call goes to: a fresh one once this one has had its calls."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError("LocalRecognizer is not open: use it as `async with`.")
+        if self._calls_left <= 0:
+            # Its processes finish the calls they were given, then exit.
+            pool.shutdown(wait=False)
+            pool = self._pool = self._new_pool()
+        self._calls_left -= 1
+        return pool
 
     async def run(self, call: Callable[[], _T]) -> _T:
         self._running += 1
@@ -239,9 +263,7 @@ class _Lane:
             self._running -= 1
 
     async def _run(self, call: Callable[[], _T]) -> _T:
-        pool = self._pool
-        if pool is None:
-            raise RuntimeError("LocalRecognizer is not open: use it as `async with`.")
+        pool = self._next_pool()
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(pool, call)
@@ -257,4 +279,4 @@ class _Lane:
                 self._pool = self._new_pool()
             if self._pool is None:
                 raise
-            return await loop.run_in_executor(self._pool, call)
+            return await loop.run_in_executor(self._next_pool(), call)
