@@ -44,7 +44,7 @@ DEFAULT_THUMBNAIL_PX = Settings.thumbnail_px
 # ~100 MB at most; a fresh process costs ~1 s of model loading, 0.2 % of 500 photos' time. Not
 # with ProcessPoolExecutor's max_tasks_per_child: on Python 3.11 it can fail to replace a process
 # that reached it, and the pool then hangs with calls queued (CPython gh-115634).
-TASKS_PER_PROCESS = 500
+_TASKS_PER_PROCESS = 500
 
 
 def _init_worker(niceness: int, detector: str, min_score: float) -> None:
@@ -145,8 +145,9 @@ class LocalRecognizer:
         )
 
     async def analyse_photo(self, data: bytes, *, urgent: bool = False) -> FaceAnalysis:
-        """The photo's faces and its grid thumbnail, from one decode; `urgent` photos take the
-        urgent lane when it is free (never waiting for it: the bulk lane is as quick then)."""
+        """The photo's faces and its grid thumbnail, from one decode. An `urgent` photo takes
+        the urgent lane when it is free, and otherwise the bulk lane rather than a place in a
+        queue behind another urgent photo."""
         lane = self._bulk
         if urgent and self._urgent is not None and self._urgent.free:
             lane = self._urgent
@@ -204,7 +205,7 @@ class _Lane:
         detector: str,
         min_score: float,
         *,
-        tasks_per_process: int = TASKS_PER_PROCESS,
+        tasks_per_process: int = _TASKS_PER_PROCESS,
     ) -> None:
         self.name = name
         self.processes = processes
