@@ -110,14 +110,6 @@ class LocalRecognizer:
             else None
         )
 
-    @property
-    def processes(self) -> int:
-        return self._bulk.processes
-
-    @property
-    def urgent_processes(self) -> int:
-        return 0 if self._urgent is None else self._urgent.processes
-
     async def __aenter__(self) -> LocalRecognizer:
         models_dir()  # fail at startup, not in every worker
         for lane in self._lanes():
@@ -135,11 +127,11 @@ class LocalRecognizer:
     async def warm_up(self) -> None:
         """Start every worker process and load its models, so the first photo is not slow."""
         started = time.perf_counter()
-        await asyncio.gather(*(lane.warm_up() for lane in self._lanes()))
+        lanes = self._lanes()
+        await asyncio.gather(*(lane.warm_up() for lane in lanes))
         logger.info(
-            "Face recognition ready in %d processes, %d of them for urgent work (%.1f s)",
-            self.processes + self.urgent_processes,
-            self.urgent_processes,
+            "Face recognition ready in %s (%.1f s)",
+            " and ".join(f"{lane.processes} {lane.name} processes" for lane in lanes),
             time.perf_counter() - started,
             extra={"action": "recognizer_warm_up"},
         )
@@ -257,15 +249,9 @@ class _Lane:
         return pool
 
     async def run(self, call: Callable[[], _T]) -> _T:
-        self._running += 1
-        try:
-            return await self._run(call)
-        finally:
-            self._running -= 1
-
-    async def _run(self, call: Callable[[], _T]) -> _T:
         pool = self._next_pool()
         loop = asyncio.get_running_loop()
+        self._running += 1
         try:
             return await loop.run_in_executor(pool, call)
         except BrokenProcessPool:
@@ -281,3 +267,5 @@ class _Lane:
             if self._pool is None:
                 raise
             return await loop.run_in_executor(self._next_pool(), call)
+        finally:
+            self._running -= 1
