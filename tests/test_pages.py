@@ -9,6 +9,7 @@ import re
 import uuid
 import zipfile
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import httpx
 import pytest
@@ -489,6 +490,37 @@ async def test_photos_chosen_before_the_event_page_script_ran_are_uploaded(
     await page.locator("#files").set_input_files(small_photos(tmp_path, 2))
     script_may_load.set()
     await expect(page.locator("#upload-summary")).to_have_text("Upload finished: 2 files")
+    contexts.assert_no_errors()
+
+
+async def test_a_form_cannot_be_sent_before_the_page_script_ran(server, contexts) -> None:
+    """A tap on a slow phone before the script loaded once sent the form natively: a GET of the
+    page with every field, the password among them, in the address and the server's log."""
+    email = await add_account(server.settings, Role.photographer, "Val Early")
+    page = await (await contexts(server.url, "phone")).new_page()
+    addresses: list[str] = []
+    page.on("request", lambda request: addresses.append(request.url))
+    script_may_load = await hold_back(page, "**/js/auth.js*")
+    await page.goto("/login", wait_until="commit")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(PASSWORD)
+    sign_in_button = page.get_by_role("button", name="Sign in")
+    await expect(sign_in_button).to_be_disabled()
+    await page.get_by_label("Password").press("Enter")
+
+    script_may_load.set()
+    await sign_in_button.click()
+    await expect(page.get_by_role("heading", name="Your events")).to_be_visible()
+    assert not [address for address in addresses if PASSWORD in unquote_plus(address)]
+
+    script_may_load = await hold_back(page, "**/js/home.js*")
+    await page.reload(wait_until="commit")
+    await page.get_by_label("Event name").fill("Early tap")
+    create = page.get_by_role("button", name="Create event")
+    await expect(create).to_be_disabled()
+    script_may_load.set()
+    await create.click()
+    await expect(page).to_have_url(re.compile(r"/events/\d+$"))
     contexts.assert_no_errors()
 
 

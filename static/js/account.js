@@ -1,5 +1,5 @@
 // Sign out, share links, API tokens, and erase my data after a confirmation step.
-import { api, busy, el, handleSignedOut, plural, showError, toast } from "./common.js";
+import { api, busy, el, handleSignedOut, onSubmit, plural, showError, toast } from "./common.js";
 
 document.getElementById("sign-out").addEventListener("click", async (event) => {
   try {
@@ -27,8 +27,7 @@ document.getElementById("erase-cancel").addEventListener("click", () => {
   start.hidden = false;
 });
 
-confirmForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
+onSubmit(confirmForm, async () => {
   if (!confirmForm.elements.sure.checked) {
     showError(confirmForm, "Tick the box to confirm that you want everything deleted.");
     return;
@@ -88,8 +87,7 @@ async function loadTokens() {
   document.getElementById("no-tokens").hidden = live.length > 0;
 }
 
-tokenForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
+onSubmit(tokenForm, async () => {
   const name = String(new FormData(tokenForm).get("name") || "").trim();
   if (!name) {
     showError(tokenForm, "Give the token a name, so you know later where it is used.");

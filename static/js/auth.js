@@ -1,5 +1,5 @@
 // Sign-in and sign-up forms, and the emailed link that finishes a sign-up.
-import { api, busy, safeNext, showError } from "./common.js";
+import { api, busy, onSubmit, safeNext, showError } from "./common.js";
 
 function values(form) {
   return Object.fromEntries(new FormData(form).entries());
@@ -7,8 +7,7 @@ function values(form) {
 
 const login = document.getElementById("login-form");
 if (login) {
-  login.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(login, async () => {
     const { email, password } = values(login);
     if (!email || !password) {
       showError(login, "Enter your email and password.");
@@ -28,8 +27,7 @@ if (login) {
 
 const register = document.getElementById("register-form");
 if (register) {
-  register.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(register, async () => {
     const { name, email, password } = values(register);
     if (!name || !email || !password) {
       showError(register, "Fill in your name, email and a password.");
@@ -64,8 +62,7 @@ if (register) {
 // links), then the person goes on where the answer says.
 function spendOnSubmit(form, label, path, goOn) {
   if (!form) return;
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(form, async () => {
     showError(form, "");
     try {
       const reply = await busy(form.querySelector("[type=submit]"), label, () =>

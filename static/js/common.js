@@ -85,6 +85,20 @@ export function showError(form, message) {
   if (message) box.scrollIntoView({ block: "nearest", behavior: "smooth" });
 }
 
+/**
+ * Handle a form's submission in the page. The server renders such a form's submit buttons
+ * disabled, so that a tap before this script ran cannot send the form natively, as a GET
+ * with every field (a password among them) in the address; they are enabled here, once the
+ * handler is in place.
+ */
+export function onSubmit(form, handler) {
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    handler();
+  });
+  for (const button of form.querySelectorAll("[type=submit]")) button.disabled = false;
+}
+
 /** Disable a button while `work` runs, with a spinner and a label. */
 export async function busy(button, label, work) {
   const original = button.innerHTML;

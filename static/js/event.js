@@ -1,7 +1,7 @@
 // The organiser's event page: parallel batched uploads with progress and retries, processing
 // progress with failures and their retry, the event's photos (status, reason, delete), the join
 // link, who may join with it (open or closed, its expiry, a new code), and deleting the event.
-import { api, busy, csrfToken, el, formatBytes, handleSignedOut, loginUrl, plural, showError, toast } from "./common.js";
+import { api, busy, csrfToken, el, formatBytes, handleSignedOut, loginUrl, onSubmit, plural, showError, toast } from "./common.js";
 
 const root = document.getElementById("event");
 const eventId = root.dataset.eventId;
@@ -611,8 +611,7 @@ document.getElementById("delete-cancel").addEventListener("click", () => {
   deleteStart.hidden = false;
   deleteStart.focus();
 });
-deleteForm.addEventListener("submit", async (event) => {
-  event.preventDefault();
+onSubmit(deleteForm, async () => {
   if (!deleteForm.elements.sure.checked) {
     showError(deleteForm, "Tick the box to confirm that the event and its photos are to be deleted.");
     return;
@@ -752,8 +751,7 @@ if (emailSignIn) {
       open.checked ? "Joining is open again." : "Joining is closed: nobody new can join.",
     ),
   );
-  expiryForm.addEventListener("submit", (event) => {
-    event.preventDefault();
+  onSubmit(expiryForm, () => {
     if (!expires.value) {
       showError(expiryForm, "Pick a day and a time, or use Clear for a code that never expires.");
       return;

@@ -1,10 +1,9 @@
 // The dashboard: create an event.
-import { api, busy, handleSignedOut, showError } from "./common.js";
+import { api, busy, handleSignedOut, onSubmit, showError } from "./common.js";
 
 const form = document.getElementById("create-event");
 if (form) {
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(form, async () => {
     const name = form.elements.name.value.trim();
     const date = form.elements.date.value;
     if (!name) {

@@ -1,6 +1,6 @@
 // The event's link: a newcomer joins in one form (name, email, selfie, consent), a signed-in
 // guest without a selfie joins with it, the others in one tap; or a sign-in link by email.
-import { api, busy, handleSignedOut, showError } from "./common.js";
+import { api, busy, handleSignedOut, onSubmit, showError } from "./common.js";
 import { selfieProblem, selfiePicker } from "./selfie_picker.js";
 
 const photosOf = (event) => `/my-photos?event_id=${event.id}`;
@@ -40,8 +40,7 @@ if (button) {
 const newcomer = document.getElementById("newcomer-form");
 if (newcomer) {
   const picker = selfiePicker(newcomer);
-  newcomer.addEventListener("submit", async (submitted) => {
-    submitted.preventDefault();
+  onSubmit(newcomer, async () => {
     const { name, email, password } = newcomer.elements;
     let missing = "";
     if (!name.value.trim()) missing = "Type your name, so the organiser knows who you are.";
@@ -76,8 +75,7 @@ if (newcomer) {
 const selfieJoin = document.getElementById("selfie-join-form");
 if (selfieJoin) {
   const picker = selfiePicker(selfieJoin);
-  selfieJoin.addEventListener("submit", async (submitted) => {
-    submitted.preventDefault();
+  onSubmit(selfieJoin, async () => {
     const missing = picker.missing();
     showError(selfieJoin, missing);
     if (missing) return;
@@ -96,8 +94,7 @@ if (selfieJoin) {
 
 const linkForm = document.getElementById("link-form");
 if (linkForm) {
-  linkForm.addEventListener("submit", async (submitted) => {
-    submitted.preventDefault();
+  onSubmit(linkForm, async () => {
     const sent = linkForm.querySelector("[data-sent]");
     const email = linkForm.elements.email;
     sent.hidden = true;

@@ -1,5 +1,5 @@
 // New-photo emails: the switch on "My photos", and the button of an unsubscribe link's page.
-import { api, busy, handleSignedOut, showError, toast } from "./common.js";
+import { api, busy, handleSignedOut, onSubmit, showError, toast } from "./common.js";
 
 const toggle = document.getElementById("notify-new-photos");
 if (toggle) {
@@ -29,8 +29,7 @@ if (toggle) {
 
 const unsubscribe = document.getElementById("unsubscribe-form");
 if (unsubscribe) {
-  unsubscribe.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(unsubscribe, async () => {
     showError(unsubscribe, "");
     try {
       const reply = await busy(unsubscribe.querySelector("[type=submit]"), "Stopping…", () =>

@@ -1,10 +1,9 @@
 // Forgotten password: ask for a link by email, then choose a new password with it.
-import { api, busy, showError } from "./common.js";
+import { api, busy, onSubmit, showError } from "./common.js";
 
 const forgot = document.getElementById("forgot-form");
 if (forgot) {
-  forgot.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(forgot, async () => {
     const email = String(new FormData(forgot).get("email") || "").trim();
     if (!email) {
       showError(forgot, "Enter the email of your account.");
@@ -27,8 +26,7 @@ if (forgot) {
 
 const reset = document.getElementById("reset-form");
 if (reset) {
-  reset.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(reset, async () => {
     const password = String(new FormData(reset).get("password") || "");
     if (password.length < 8) {
       showError(reset, "Choose a password of at least 8 characters.");

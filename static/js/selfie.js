@@ -1,6 +1,6 @@
 // The selfie page: up to three selfies, each removable; camera or file, consent, and clear
 // messages when no face or several are found.
-import { api, busy, handleSignedOut, safeNext, showError } from "./common.js";
+import { api, busy, handleSignedOut, onSubmit, safeNext, showError } from "./common.js";
 import { selfieProblem, selfiePicker } from "./selfie_picker.js";
 
 // Removing a selfie: the page reloads to show those left (and the form, if it was full).
@@ -31,8 +31,7 @@ function setUpForm(form) {
   // With a selfie on file, this form adds one more; without, it sets the first.
   const adding = form.dataset.mode === "add";
 
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
+  onSubmit(form, async () => {
     success.hidden = true;
     const missing = picker.missing();
     showError(form, missing);
