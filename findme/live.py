@@ -42,6 +42,9 @@ class MatchFeed:
             kind: [] for kind in (MATCHES, ACCOUNTS, PHOTOS, EVENTS)
         }
         self._connection: asyncpg.Connection | None = None
+        # A connection runs one statement at a time and refuses a second one meanwhile: news
+        # published side by side (workers finishing their jobs together) take turns.
+        self._sending = asyncio.Lock()
 
     def add_listener(self, listener: Listener, *, kind: str = MATCHES) -> None:
         """Called with the changed ids, for changes made here or by another instance."""
@@ -67,9 +70,10 @@ class MatchFeed:
         for start in range(0, len(ordered), MAX_PAYLOAD_IDS):
             chunk = ",".join(str(user_id) for user_id in ordered[start : start + MAX_PAYLOAD_IDS])
             try:
-                await self._connection.execute(
-                    "SELECT pg_notify($1, $2)", CHANNEL, f"{self._instance}:{kind}:{chunk}"
-                )
+                async with self._sending:
+                    await self._connection.execute(
+                        "SELECT pg_notify($1, $2)", CHANNEL, f"{self._instance}:{kind}:{chunk}"
+                    )
             except Exception:
                 # Other instances then catch up by their cache TTL; this one is up to date.
                 logger.warning("NOTIFY failed", exc_info=True, extra={"action": "notify_error"})
