@@ -105,7 +105,7 @@ async def add_photos(state: AppState, fake: FakeRekognition, event_id: int, args
             )
             session.add(row)
             await session.flush()
-            await state.storage.save(session, photo_id=row.id, original=data)
+            await state.storage.save(session, row, original=data)
             await jobs.enqueue_photo(session, photo_id=row.id, event_id=event_id)
 
 

@@ -16,6 +16,7 @@ from moto.server import ThreadedMotoServer
 from PIL import Image
 from sqlalchemy import text
 
+from findme.db import Photo
 from findme.services import build_pipeline, open_services
 from findme.settings import Settings
 from findme.storage.s3 import S3Storage
@@ -196,14 +197,14 @@ async def test_a_rolled_back_insert_takes_its_objects_along(settings, s3, bucket
         with pytest.raises(RuntimeError):
             async with state.db.transaction() as session:
                 await session.execute(text("SELECT 1"))
-                await storage.save(session, photo_id=424242, original=b"o" * 10)
+                await storage.save(session, Photo(id=424242), original=b"o" * 10)
                 assert await keys(s3, bucket) == original_keys(424242)
                 raise RuntimeError("the insert fails after the objects were put")
         await storage.aclose()  # the clean-up runs in the background; wait for it
         assert await keys(s3, bucket) == set()
 
         async with state.db.transaction() as session:
-            await storage.save(session, photo_id=7, original=b"o" * 10)
+            await storage.save(session, Photo(id=7), original=b"o" * 10)
         await storage.aclose()
         assert await keys(s3, bucket) == original_keys(7)  # a commit keeps them
 
@@ -215,7 +216,7 @@ async def test_originals_stream_in_bounded_chunks(settings, s3, bucket) -> None:
             client=state.storage.client, bucket=bucket, prefix=PREFIX, chunk_bytes=64 * 1024
         )
         async with state.db.transaction() as session:
-            await storage.save(session, photo_id=1, original=data)
+            await storage.save(session, Photo(id=1), original=data)
         await storage.save_thumbnail(1, b"t")
         chunks = [chunk async for chunk in storage.stream_original(1, size_bytes=len(data))]
         assert b"".join(chunks) == data

@@ -67,8 +67,8 @@ async def store_photo(
                     height=checked.height,
                 )
                 session.add(photo)
+                await state.storage.save(session, photo, original)
                 await session.flush()
-                await state.storage.save(session, photo_id=photo.id, original=original)
                 job = await jobs.enqueue_photo(session, photo_id=photo.id, event_id=event_id)
             await state.on_photos_changed({event_id})
             return outcome | {"status": "created", "photo_id": photo.id, "job_id": job.id}

@@ -7,12 +7,15 @@ from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from findme.db import Photo
+
 CHUNK_BYTES = 256 * 1024
 
 
 class PhotoStorage(Protocol):
-    async def save(self, session: AsyncSession, *, photo_id: int, original: bytes) -> None:
-        """Store a new photo's original as part of the transaction that inserts its row."""
+    async def save(self, session: AsyncSession, photo: Photo, original: bytes) -> None:
+        """Store a new photo's original as part of the transaction that inserts its row
+        (`photo`, added to `session`, flushed or not yet)."""
 
     async def save_thumbnail(self, photo_id: int, thumbnail: bytes) -> None:
         """Store the grid thumbnail that the photo's job made."""

@@ -21,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from findme.db import Database
+from findme.db import Database, Photo
 from findme.errors import StorageError
 from findme.settings import Settings
 from findme.storage.base import CHUNK_BYTES, PhotoStorage
@@ -63,10 +63,11 @@ class S3Storage:
     def thumbnail_key(self, photo_id: int) -> str:
         return f"{self.prefix}photos/{photo_id}/thumb.jpg"
 
-    async def save(self, session: AsyncSession, *, photo_id: int, original: bytes) -> None:
+    async def save(self, session: AsyncSession, photo: Photo, original: bytes) -> None:
         """Put the original; a failure raises, which rolls back the photo's row."""
-        await self._put(self.original_key(photo_id), original, "application/octet-stream")
-        self._delete_on_rollback(session, photo_id)
+        await session.flush()  # the key is the row's id
+        await self._put(self.original_key(photo.id), original, "application/octet-stream")
+        self._delete_on_rollback(session, photo.id)
 
     async def save_thumbnail(self, photo_id: int, thumbnail: bytes) -> None:
         await self._put(self.thumbnail_key(photo_id), thumbnail, "image/jpeg")
