@@ -104,8 +104,8 @@ async def add_photos(state: AppState, fake: FakeRekognition, event_id: int, args
                 height=240,
             )
             session.add(row)
+            await state.storage.save(session, row, data)
             await session.flush()
-            await state.storage.save(session, row, original=data)
             await jobs.enqueue_photo(session, photo_id=row.id, event_id=event_id)
 
 

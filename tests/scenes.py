@@ -90,10 +90,15 @@ def processed_photo(event_id: int, filename: str, sha256: str) -> Photo:
     )
 
 
+def feed_dsn(settings) -> str:
+    """The test database as asyncpg (the live feed's connection) names it."""
+    dsn = make_url(settings.database_url).set(drivername="postgresql")
+    return dsn.render_as_string(hide_password=False)
+
+
 async def notify(settings, user_ids: set[int]) -> None:
     """What another instance's worker sends after writing matches (NOTIFY)."""
-    dsn = make_url(settings.database_url).set(drivername="postgresql")
-    async with MatchFeed(postgres_dsn=dsn.render_as_string(hide_password=False)) as feed:
+    async with MatchFeed(postgres_dsn=feed_dsn(settings)) as feed:
         await feed.publish(user_ids)
 
 

@@ -7,10 +7,10 @@ import contextlib
 import logging
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from findme.live import MatchFeed
 from findme.settings import Settings
+from tests.scenes import feed_dsn
 
 MEMBERS = 200
 
@@ -18,7 +18,6 @@ MEMBERS = 200
 async def test_news_published_side_by_side_all_reach_another_instance(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dsn = make_url(settings.database_url).set(drivername="postgresql")
     heard: set[int] = set()
     everyone_heard = asyncio.Event()
 
@@ -28,7 +27,7 @@ async def test_news_published_side_by_side_all_reach_another_instance(
             everyone_heard.set()
 
     caplog.set_level(logging.WARNING, logger="findme.live")
-    url = dsn.render_as_string(hide_password=False)
+    url = feed_dsn(settings)
     async with MatchFeed(postgres_dsn=url) as other, MatchFeed(postgres_dsn=url) as this:
         other.add_listener(hear)
         # Workers finishing their jobs together: each publishes its member's news at once.
