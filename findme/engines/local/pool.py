@@ -31,6 +31,7 @@ from findme.engines.local.faces import (
     photo_thumbnail,
     prepare_process,
 )
+from findme.engines.local.handoff import Handoff, HandoffRefused, call_with_photo
 from findme.images import CorruptImage
 from findme.settings import Settings
 
@@ -103,9 +104,12 @@ class LocalRecognizer:
         # back to HOG warns once, and every worker process uses the same detector.
         self.detector_name = available_detector(detector)
         self.min_score = min_score
-        self._bulk = _Lane("bulk", processes, niceness, self.detector_name, min_score)
+        handoff = Handoff()
+        self._bulk = _Lane(
+            "bulk", processes, niceness, self.detector_name, min_score, handoff=handoff
+        )
         self._urgent = (
-            _Lane("urgent", urgent_processes, 0, self.detector_name, min_score)
+            _Lane("urgent", urgent_processes, 0, self.detector_name, min_score, handoff=handoff)
             if urgent_processes
             else None
         )
@@ -145,9 +149,9 @@ class LocalRecognizer:
             lane = self._urgent
         return await self._decode_photo(
             lane,
+            data,
             functools.partial(
                 analyse_photo,
-                data,
                 min_face_px=self.min_face_px,
                 thumbnail_px=self.thumbnail_px,
                 detector=self.detector_name,
@@ -158,15 +162,15 @@ class LocalRecognizer:
     async def make_thumbnail(self, data: bytes) -> bytes:
         """A photo's grid thumbnail alone (the cloud engine finds the faces)."""
         return await self._decode_photo(
-            self._bulk, functools.partial(photo_thumbnail, data, size_px=self.thumbnail_px)
+            self._bulk, data, functools.partial(photo_thumbnail, size_px=self.thumbnail_px)
         )
 
-    async def _decode_photo(self, lane: _Lane, call: Callable[[], _T]) -> _T:
-        """Run a call that decodes an uploaded photo. The upload checked its header only, so
-        pixels that cannot be decoded show here, as CorruptImage: the job fails with the
+    async def _decode_photo(self, lane: _Lane, data: bytes, function: Callable[[bytes], _T]) -> _T:
+        """Run a function that decodes an uploaded photo. The upload checked its header only,
+        so pixels that cannot be decoded show here, as CorruptImage: the job fails with the
         sentence its photographer sees on the event page."""
         try:
-            return await lane.run(call)
+            return await lane.run_on_photo(function, data)
         except UnreadableImage as error:
             logger.warning(
                 "a photo cannot be decoded: %s", error, extra={"action": "photo_undecodable"}
@@ -175,10 +179,11 @@ class LocalRecognizer:
 
     async def analyse_selfie(self, data: bytes) -> FaceAnalysis:
         """A selfie's faces, in the urgent lane where there is one: its person is waiting."""
-        return await (self._urgent or self._bulk).run(
+        return await (self._urgent or self._bulk).run_on_photo(
             functools.partial(
-                analyse_selfie, data, detector=self.detector_name, min_score=self.min_score
-            )
+                analyse_selfie, detector=self.detector_name, min_score=self.min_score
+            ),
+            data,
         )
 
     def _lanes(self) -> list[_Lane]:
@@ -198,11 +203,13 @@ class _Lane:
         min_score: float,
         *,
         tasks_per_process: int = _TASKS_PER_PROCESS,
+        handoff: Handoff | None = None,
     ) -> None:
         self.name = name
         self.processes = processes
         self._initargs = (niceness, detector, min_score)
         self._tasks_per_process = tasks_per_process
+        self._handoff = handoff or Handoff()
         self._pool: ProcessPoolExecutor | None = None
         self._calls_left = 0
         self._running = 0
@@ -250,8 +257,31 @@ class _Lane:
 
     async def run(self, call: Callable[[], _T]) -> _T:
         pool = self._next_pool()
-        loop = asyncio.get_running_loop()
         self._running += 1
+        try:
+            return await self._submit(pool, call)
+        finally:
+            self._running -= 1
+
+    async def run_on_photo(self, function: Callable[[bytes], _T], data: bytes) -> _T:
+        """`function(data)` in an engine process, the photo handed over by `Handoff`."""
+        # Busy from the first moment, while the photo is still being handed over; the pool is
+        # taken only then, since the lane may have replaced it in the meantime.
+        self._running += 1
+        try:
+            async with self._handoff.source(data) as source:
+                try:
+                    return await self._submit(
+                        self._next_pool(), functools.partial(call_with_photo, source, function)
+                    )
+                except HandoffRefused as error:
+                    self._handoff.refused(error)
+            return await self._submit(self._next_pool(), functools.partial(function, data))
+        finally:
+            self._running -= 1
+
+    async def _submit(self, pool: ProcessPoolExecutor, call: Callable[[], _T]) -> _T:
+        loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(pool, call)
         except BrokenProcessPool:
@@ -267,5 +297,3 @@ class _Lane:
             if self._pool is None:
                 raise
             return await loop.run_in_executor(self._next_pool(), call)
-        finally:
-            self._running -= 1

@@ -1,0 +1,100 @@
+"""How a photo's bytes reach an engine process: an anonymous memory file rather than the pipe.
+
+Through the pool's pipe, a 9 MB camera photo is pickled and pushed 64 KB at a time, waking both
+processes for every piece: 34 ms, 19 of them the sending process's CPU, which the web process
+and the engine share two cores with. Written into a memory file (memfd) that the engine process
+opens through /proc, the same bytes cost 4 ms and 2.6 ms (docs/BENCHMARKS.md, "Handing a photo
+to the engine"). The file has no name: nothing is left behind when a process dies, and it is
+gone once the call is over. Where memory files cannot be made or opened (not Linux, a /proc the
+engine processes may not read), the bytes go through the pipe, after one warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+class HandoffRefused(Exception):
+    """The engine process could not read the photo's memory file."""
+
+
+@dataclass(frozen=True)
+class MemoryFile:
+    """A memory file of the process `pid` holding `size` bytes, as its descriptor `fd`."""
+
+    pid: int
+    fd: int
+    size: int
+
+    def read(self) -> bytes:
+        try:
+            with open(f"/proc/{self.pid}/fd/{self.fd}", "rb") as file:
+                data = file.read()
+        except OSError as error:
+            raise HandoffRefused(f"the photo's memory file cannot be read: {error}") from None
+        if len(data) != self.size:
+            raise HandoffRefused(
+                f"the photo's memory file holds {len(data)} bytes, not {self.size}"
+            )
+        return data
+
+
+def call_with_photo(source: MemoryFile | bytes, function: Callable[..., _T], **kwargs: Any) -> _T:
+    """`function(photo, **kwargs)` in an engine process, the photo read from where it was put."""
+    data = source.read() if isinstance(source, MemoryFile) else source
+    return function(data, **kwargs)
+
+
+class Handoff:
+    """Puts photos where engine processes read them: memory files while they work, else bytes."""
+
+    def __init__(self) -> None:
+        self.memory_files = hasattr(os, "memfd_create")
+
+    @contextlib.asynccontextmanager
+    async def source(self, data: bytes) -> AsyncIterator[MemoryFile | bytes]:
+        """What to hand an engine process for `data`, valid until the block ends."""
+        fd = None
+        if self.memory_files:
+            try:
+                # On a thread: copying 9 MB would hold the event loop for milliseconds.
+                fd = await asyncio.to_thread(_memory_file_of, data)
+            except OSError as error:
+                self.refused(error)
+        try:
+            yield data if fd is None else MemoryFile(os.getpid(), fd, len(data))
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def refused(self, error: Exception) -> None:
+        """Memory files do not work here: from now on photos go through the pipe."""
+        if self.memory_files:
+            self.memory_files = False
+            logger.warning(
+                "Photos go to the face recognition processes through a pipe, which costs more "
+                "CPU: %s",
+                error,
+                extra={"action": "handoff_fallback"},
+            )
+
+
+def _memory_file_of(data: bytes) -> int:
+    fd = os.memfd_create("findme-photo", os.MFD_CLOEXEC)
+    try:
+        with open(fd, "wb", closefd=False) as file:
+            file.write(data)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
