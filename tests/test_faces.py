@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import signal
 import time
@@ -246,6 +247,28 @@ def test_a_camera_photo_keeps_a_face_both_passes_could_leave_to_the_other(match)
     assert len(analysis.faces) == manifest()["event"]["e13.jpg"]["faces"]
     found = {match(face.descriptor) for face in analysis.faces}
     assert set(manifest()["event"]["e13.jpg"]["people"]) <= found
+
+
+@pytest.mark.parametrize(
+    ("widths", "described_from"),
+    [([600, 900], (3000, 2000)), ([600, 130], (6000, 4000))],
+)
+def test_a_camera_photo_is_decoded_whole_only_for_a_face_too_small_in_half_of_it(
+    widths, described_from, match, caplog
+):
+    """The scan and the thumbnail need half of a 24 MP JPEG's pixels at most, and so do faces
+    wider than the descriptor's chip there; a smaller face has the photo decoded whole. Every
+    face is found where it is and matched to its person either way."""
+    caplog.set_level(logging.DEBUG, logger="findme.engines.local.faces")
+    data, pasted = group_shot(widths)
+    analysis = analyse_photo(data, min_face_px=MIN_FACE_PX, thumbnail_px=THUMBNAIL_PX)
+    assert len(analysis.faces) == len(pasted)
+    for person, box in pasted:
+        face = max(analysis.faces, key=lambda face: iou(face.box, box))
+        assert iou(face.box, box) > 0.5, (person, box, face.box)
+        assert match(face.descriptor) == person, (person, box)
+    (report,) = [r for r in caplog.records if getattr(r, "action", None) == "analyse_image"]
+    assert "described from {}x{}".format(*described_from) in report.getMessage()
 
 
 @pytest.mark.parametrize(

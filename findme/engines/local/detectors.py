@@ -78,8 +78,6 @@ class Detection:
 
 class Detector(Protocol):
     name: str
-    # width of the smallest face (in scanned pixels) the detector reliably finds
-    reliable_face_px: int
 
     def photo_scale(self, width: int, height: int, *, min_face_px: int) -> float:
         """The scale at which a photo of this size is scanned to find faces of `min_face_px`."""
@@ -114,7 +112,6 @@ class HogDetector:
     """dlib's frontal HOG detector (upsample 0) on a grey copy: the engine's former detector."""
 
     name = "hog"
-    reliable_face_px = HOG_RELIABLE_FACE_PX
 
     def __init__(self) -> None:
         self._detector: Any = dlib.get_frontal_face_detector()
@@ -144,7 +141,6 @@ class CnnDetector:
     """libfacedetection's CNN (the `yuface` wheel): profiles, masks and sunglasses too."""
 
     name = "cnn"
-    reliable_face_px = CNN_RELIABLE_FACE_PX
 
     def __init__(self, *, min_score: float = DEFAULT_MIN_SCORE) -> None:
         if not 0.0 <= min_score <= 1.0:

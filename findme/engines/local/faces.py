@@ -65,8 +65,8 @@ __all__ = [
     "photo_thumbnail",
 ]
 
-# The descriptor sees a 150 px chip (face ~100 px + 25 % padding): pixels are decoded at a scale
-# where the smallest face the scan can find still covers the chip without being upscaled.
+# The descriptor sees a 150 px chip (face ~100 px + 25 % padding): a face is described from
+# pixels where its box covers the chip without being upscaled, or from the full resolution.
 _CHIP_PX = 150
 # Landmarks and descriptor run on a crop this many face widths around the box, not the photo.
 _CROP_PADDING = 0.5
@@ -212,9 +212,9 @@ def find_faces(
 ) -> FoundFaces:
     """The face boxes of an event photo, without descriptors (what detection alone costs)."""
     found_by = _detector(detector, min_score)
-    width, height, scale, pixels = _decode(
-        data, found_by, found_by.photo_scale(*_peek_size(data), min_face_px=min_face_px)
-    )
+    width, height = _peek_size(data)
+    scale = found_by.photo_scale(width, height, min_face_px=min_face_px)
+    pixels = _decode(data, scale)
     found, _ = _detect(found_by, pixels, scale * width / pixels.width)
     to_full = (width / pixels.width, height / pixels.height)
     return FoundFaces(
@@ -235,14 +235,23 @@ def _analyse(
 ) -> FaceAnalysis:
     started = time.perf_counter()
     models = _load_models()
-    width, height, scale, pixels = _decode(
-        data, detector, scan_scale(*_peek_size(data)), least_px=thumbnail_px or 0
-    )
+    width, height = _peek_size(data)
+    scale = scan_scale(width, height)
+    least_px = thumbnail_px or 0
+    # First only the pixels the scan and the thumbnail need: a JPEG's draft mode decodes a 24 MP
+    # photo at half size or less, skipping much of the work.
+    pixels = _decode(data, max(scale, least_px / max(width, height)))
     # Boxes come back in decoded pixels, which the descriptor reads; stored boxes are in the
     # full-resolution pixels of the oriented photo.
-    found, reduced = _detect(
-        detector, pixels, scale * width / pixels.width, least_px=thumbnail_px or 0
-    )
+    found, reduced = _detect(detector, pixels, scale * width / pixels.width, least_px=least_px)
+    sharper = _describing_scale([d.box for d in found], pixels.width / width)
+    if sharper is not None:
+        # A face too small in these pixels for the descriptor's chip: all are described from
+        # the photo decoded again, at the scale the smallest of them needs.
+        coarse_size = pixels.size
+        pixels = _decode(data, sharper)
+        back = (pixels.width / coarse_size[0], pixels.height / coarse_size[1])
+        found = [Detection(_full_box(d.box, back, pixels.size), d.score) for d in found]
     to_full = (width / pixels.width, height / pixels.height)
     faces = [
         DetectedFace(
@@ -252,7 +261,7 @@ def _analyse(
         for detection in found
     ]
     logger.debug(
-        "%s found %d faces in a %dx%d image scanned at %.3f (decoded %dx%d) in %.2f s",
+        "%s found %d faces in a %dx%d image scanned at %.3f (described from %dx%d) in %.2f s",
         detector.name,
         len(faces),
         width,
@@ -264,6 +273,17 @@ def _analyse(
     )
     thumbnail = None if thumbnail_px is None else encode_thumbnail(reduced, thumbnail_px)
     return FaceAnalysis(width=width, height=height, faces=tuple(faces), thumbnail=thumbnail)
+
+
+def _describing_scale(boxes: list[tuple[int, int, int, int]], decoded: float) -> float | None:
+    """The scale of the full resolution to decode again at so that every face of `boxes` (in
+    pixels decoded at `decoded`) covers the descriptor's chip; None if they all do already."""
+    if decoded >= 1.0 or not boxes:
+        return None
+    narrowest = min(right - left for left, _, right, _ in boxes)
+    if narrowest >= _CHIP_PX:
+        return None
+    return min(1.0, decoded * _CHIP_PX / max(1, narrowest))
 
 
 def _detect(
@@ -295,32 +315,19 @@ def _peek_size(data: bytes) -> tuple[int, int]:
         raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
 
 
-def _decode(
-    data: bytes, detector: Detector, scale: float, *, least_px: int = 0
-) -> tuple[int, int, float, Image.Image]:
-    """Oriented full size, scan scale and RGB pixels, decoded no larger than needed (and at least
-    `least_px` on the longer side, where the photo has them: what its thumbnail needs)."""
+def _decode(data: bytes, scale: float) -> Image.Image:
+    """The photo's oriented RGB pixels, decoded at `scale` of its size or a little more (a JPEG's
+    draft mode decodes at 1/2, 1/4 or 1/8 directly; other formats are decoded whole)."""
     try:
         image = Image.open(io.BytesIO(data), formats=_FORMATS)
-        width, height = _oriented_size(image)
-        # Decode only as many pixels as the scan, the descriptor chips and the thumbnail need: a
-        # JPEG's draft mode skips much of the work when 1/2, 1/4 or 1/8 of the size is enough.
-        decode_scale = min(
-            1.0,
-            max(scale, scale * _CHIP_PX / detector.reliable_face_px, least_px / max(width, height)),
-        )
-        if decode_scale < 1.0:
-            image.draft(
-                "RGB",
-                (math.ceil(image.width * decode_scale), math.ceil(image.height * decode_scale)),
-            )
+        if scale < 1.0:
+            image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
         image.load()
         # In place: a copy of a 24 MP photo costs more than the decoding it follows.
         ImageOps.exif_transpose(image, in_place=True)
-        pixels = to_rgb(image)
+        return to_rgb(image)
     except _DECODE_ERRORS as exc:
         raise UnreadableImage(f"The file is not an image that can be read ({exc}).") from exc
-    return width, height, scale, pixels
 
 
 def _full_box(
