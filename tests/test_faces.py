@@ -250,17 +250,27 @@ def test_a_camera_photo_keeps_a_face_both_passes_could_leave_to_the_other(match)
 
 
 @pytest.mark.parametrize(
-    ("widths", "described_from"),
-    [([600, 900], (3000, 2000)), ([600, 130], (6000, 4000))],
+    ("widths", "orientation", "described_from"),
+    [
+        ([600, 900], 1, (3000, 2000)),
+        ([600, 130], 1, (6000, 4000)),
+        # stored turned left, EXIF "turn right to view": both decodes are turned upright
+        ([600, 130], 6, (6000, 4000)),
+    ],
 )
 def test_a_camera_photo_is_decoded_whole_only_for_a_face_too_small_in_half_of_it(
-    widths, described_from, match, caplog
+    widths, orientation, described_from, match, caplog
 ):
     """The scan and the thumbnail need half of a 24 MP JPEG's pixels at most, and so do faces
     wider than the descriptor's chip there; a smaller face has the photo decoded whole. Every
     face is found where it is and matched to its person either way."""
     caplog.set_level(logging.DEBUG, logger="findme.engines.local.faces")
     data, pasted = group_shot(widths)
+    if orientation != 1:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        turned = Image.open(io.BytesIO(data)).transpose(Image.Transpose.ROTATE_90)
+        data = encode(turned, "JPEG", quality=90, exif=exif.tobytes())
     analysis = analyse_photo(data, min_face_px=MIN_FACE_PX, thumbnail_px=THUMBNAIL_PX)
     assert len(analysis.faces) == len(pasted)
     for person, box in pasted:
