@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,26 @@ async def test_a_camera_photo_reaches_its_engine_process_whole_through_a_memory_
         assert await call == expected
         assert recognizer._bulk._handoff.memory_files
     assert open_memory_files() == [], "a memory file outlived its call"
+
+
+async def test_a_call_cancelled_while_its_photo_is_handed_over_leaves_no_memory_file():
+    photo, _ = group_shot([150])
+    async with LocalRecognizer(processes=1, min_face_px=MIN_FACE_PX) as recognizer:
+        await recognizer.warm_up()
+        # Cancelled while the memory file is being written, just after, and while the engine works.
+        for delay in (0, 0.001, 0.003, 0.05):
+            call = asyncio.create_task(recognizer.analyse_photo(photo))
+            await asyncio.sleep(delay)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        deadline = time.monotonic() + 10
+        while open_memory_files() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # a file still being written is closed once it is
+        assert open_memory_files() == []
+        assert await recognizer.analyse_photo(photo) == analyse_photo(
+            photo, min_face_px=MIN_FACE_PX, thumbnail_px=THUMBNAIL_PX
+        )
 
 
 def test_a_memory_file_that_is_gone_or_holds_other_bytes_is_refused():

@@ -66,11 +66,16 @@ class Handoff:
         """What to hand an engine process for `data`, valid until the block ends."""
         fd = None
         if self.memory_files:
+            # On a thread: copying 9 MB would hold the event loop for milliseconds.
+            made = asyncio.get_running_loop().run_in_executor(None, _memory_file_of, data)
             try:
-                # On a thread: copying 9 MB would hold the event loop for milliseconds.
-                fd = await asyncio.to_thread(_memory_file_of, data)
+                # Shielded: a caller cancelled meanwhile must not lose the file being made.
+                fd = await asyncio.shield(made)
             except OSError as error:
                 self.refused(error)
+            except asyncio.CancelledError:
+                made.add_done_callback(_close_unused)
+                raise
         try:
             yield data if fd is None else MemoryFile(os.getpid(), fd, len(data))
         finally:
@@ -87,6 +92,12 @@ class Handoff:
                 error,
                 extra={"action": "handoff_fallback"},
             )
+
+
+def _close_unused(made: asyncio.Future[int]) -> None:
+    """Close a memory file made for a call that was cancelled while it was being made."""
+    if not made.cancelled() and made.exception() is None:
+        os.close(made.result())
 
 
 def _memory_file_of(data: bytes) -> int:
