@@ -62,8 +62,8 @@ def check_upload(path: Path, *, max_pixels: int) -> CheckedImage:
     """Check an uploaded file from its header: a supported format, within the pixel limit, and
     whole (its end marker is there); blank its GPS data in place.
 
-    No pixel is decoded here: the photo's job decodes it once, for its faces and its thumbnail,
-    and a photo whose header is fine but whose pixels are broken fails there, with its reason.
+    No pixel is decoded here: the photo's job decodes it for its faces and its thumbnail, and a
+    photo whose header is fine but whose pixels are broken fails there, with its reason.
     """
     if path.stat().st_size == 0:
         raise EmptyFile()

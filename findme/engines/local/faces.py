@@ -177,7 +177,7 @@ def analyse_photo(
     min_score: float = DEFAULT_MIN_SCORE,
 ) -> FaceAnalysis:
     """Find the faces of an event photo and describe each one; with `thumbnail_px`, also make
-    its grid thumbnail from the same pixels, so the photo is decoded once."""
+    its grid thumbnail from the pixels the scan reads, so no decode is made for it alone."""
     found_by = _detector(detector, min_score)
     return _analyse(
         data,

@@ -2,7 +2,8 @@
 
 dlib holds the GIL while it works, so each engine process loads the models once and takes one
 photo at a time; a process that dies is replaced, and so is one that served many photos. A
-photo is decoded here once, for its faces and its grid thumbnail alike.
+photo reaches its process in a memory file (handoff.py) and is decoded there for its faces and
+its grid thumbnail alike.
 """
 
 from __future__ import annotations
