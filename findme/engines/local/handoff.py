@@ -3,10 +3,11 @@
 Through the pool's pipe, a 9 MB camera photo is pickled and pushed 64 KB at a time, waking both
 processes for every piece: 34 ms, 19 of them the sending process's CPU, which the web process
 and the engine share two cores with. Written into a memory file (memfd) that the engine process
-opens through /proc, the same bytes cost 4 ms and 2.6 ms (docs/BENCHMARKS.md, "Handing a photo
-to the engine"). The file has no name: nothing is left behind when a process dies, and it is
-gone once the call is over. Where memory files cannot be made or opened (not Linux, a /proc the
-engine processes may not read), the bytes go through the pipe, after one warning.
+opens through /proc, the same bytes cost 4 ms and 2.6 ms (docs/BENCHMARKS.md, "Photos reach
+the engine processes in memory files"). The file has no name: nothing is left behind when a
+process dies, and it is gone once the call is over. Where memory files cannot be made or opened
+(not Linux, a /proc the engine processes may not read), the bytes go through the pipe, after one
+warning.
 """
 
 from __future__ import annotations
