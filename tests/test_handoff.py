@@ -68,21 +68,36 @@ async def test_a_call_cancelled_while_its_photo_is_handed_over_leaves_no_memory_
         )
 
 
-def test_a_memory_file_that_is_gone_or_holds_other_bytes_is_refused():
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    os.close(write_end)
+def test_a_memory_file_that_is_gone_is_refused():
+    memory = os.memfd_create("findme-photo")
+    os.write(memory, b"photo")
+    assert MemoryFile.of(memory).read() == b"photo"
+    gone = MemoryFile.of(memory)
+    os.close(memory)
     with pytest.raises(HandoffRefused, match="cannot be read"):
-        MemoryFile(os.getpid(), read_end, 10).read()
+        gone.read()
 
-    fd = os.memfd_create("findme-photo")
+
+async def test_a_descriptor_reused_for_a_pipe_is_refused_without_waiting():
+    """A call given up while queued still runs after its file was closed; by then the number
+    may name a pipe, which an engine process must not wait on for ever."""
+    memory = os.memfd_create("findme-photo")
+    os.write(memory, b"photo")
+    stale = MemoryFile.of(memory)
+    os.close(memory)
+    read_end, write_end = os.pipe()
+    os.dup2(read_end, stale.fd)
+    reading = asyncio.create_task(asyncio.to_thread(stale.read))
     try:
-        os.write(fd, b"12345")
-        with pytest.raises(HandoffRefused, match="holds 5 bytes, not 6"):
-            MemoryFile(os.getpid(), fd, 6).read()
-        assert MemoryFile(os.getpid(), fd, 5).read() == b"12345"
+        with pytest.raises(HandoffRefused, match="is gone"):
+            async with asyncio.timeout(5):
+                await asyncio.shield(reading)
     finally:
-        os.close(fd)
+        os.close(write_end)  # ends a read that waits, so the test cannot hang
+        await asyncio.gather(reading, return_exceptions=True)
+        os.close(read_end)
+        if stale.fd not in (read_end, write_end):
+            os.close(stale.fd)
 
 
 async def test_where_memory_files_are_refused_photos_go_through_the_pipe_after_one_warning(

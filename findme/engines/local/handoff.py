@@ -31,23 +31,36 @@ class HandoffRefused(Exception):
 
 @dataclass(frozen=True)
 class MemoryFile:
-    """A memory file of the process `pid` holding `size` bytes, as its descriptor `fd`."""
+    """The memory file that the process `pid` holds as its descriptor `fd`, named by its device
+    and inode, so that a descriptor closed and reused meanwhile is never taken for it."""
 
     pid: int
     fd: int
-    size: int
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, fd: int) -> MemoryFile:
+        """The memory file this process holds as `fd`."""
+        status = os.fstat(fd)
+        return cls(os.getpid(), fd, status.st_dev, status.st_ino)
 
     def read(self) -> bytes:
+        # A call given up while queued still runs, after its file was closed: the number may name
+        # a pipe by then, whose open and read would wait for ever. Opened without waiting, and
+        # read only if it is still the same file.
         try:
-            with open(f"/proc/{self.pid}/fd/{self.fd}", "rb") as file:
-                data = file.read()
+            fd = os.open(f"/proc/{self.pid}/fd/{self.fd}", os.O_RDONLY | os.O_NONBLOCK)
         except OSError as error:
             raise HandoffRefused(f"the photo's memory file cannot be read: {error}") from None
-        if len(data) != self.size:
-            raise HandoffRefused(
-                f"the photo's memory file holds {len(data)} bytes, not {self.size}"
-            )
-        return data
+        try:
+            status = os.fstat(fd)
+            if (status.st_dev, status.st_ino) != (self.device, self.inode):
+                raise HandoffRefused("the photo's memory file is gone: its call was given up")
+            with open(fd, "rb", closefd=False) as file:
+                return file.read()
+        finally:
+            os.close(fd)
 
 
 def call_with_photo(source: MemoryFile | bytes, function: Callable[..., _T], **kwargs: Any) -> _T:
@@ -78,7 +91,7 @@ class Handoff:
                 made.add_done_callback(_close_unused)
                 raise
         try:
-            yield data if fd is None else MemoryFile(os.getpid(), fd, len(data))
+            yield data if fd is None else MemoryFile.of(fd)
         finally:
             if fd is not None:
                 os.close(fd)
