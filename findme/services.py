@@ -27,6 +27,7 @@ from findme.pipeline import Pipeline
 from findme.ratelimit import RateLimiter
 from findme.settings import Settings
 from findme.storage import PhotoStorage, open_storage
+from findme.storage.spool import Spool, SpooledStorage
 from findme.stream_hub import StreamHub
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class AppState:
     # Memberships read for streams being set up, many in one query (findme/batching.py).
     memberships: BatchLoader[tuple[int, int], bool]
     pipeline: Pipeline | None = None
+    # Where this process's uploads leave their originals for its own workers (spool.py).
+    spool: Spool | None = None
     # Photos being written to storage at once, across requests: each holds its bytes in memory
     # (several copies, through the driver), so this bounds memory whatever the upload load.
     store_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
@@ -97,6 +100,9 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
         limits = rate_limiter(settings)
         stack.push_async_callback(limits.aclose)
         storage = await open_storage(stack, settings, db=db)
+        spool = await open_spool(stack, settings) if run_workers else None
+        if spool is not None:
+            storage = SpooledStorage(storage, spool)
         engine = await open_engine(
             stack, settings, db=db, storage=storage, on_matches_changed=feed.publish
         )
@@ -122,6 +128,7 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             stream_slots=StreamSlots(settings.max_streams or open_files().stream_capacity),
             streams=streams,
             memberships=BatchLoader(functools.partial(memberships, db)),
+            spool=spool,
         )
         feed.add_listener(auth.forget_users, kind=ACCOUNTS)
         feed.add_listener(streams.news)
@@ -134,6 +141,23 @@ async def open_services(settings: Settings, *, run_workers: bool) -> AsyncIterat
             await stack.enter_async_context(state.pipeline)
             await stack.enter_async_context(build_notifier(state))
         yield state
+
+
+async def open_spool(stack: AsyncExitStack, settings: Settings) -> Spool | None:
+    """The spool of a process that runs the workers, unless turned off or another process of
+    the data directory has it."""
+    if not settings.spool_mb:
+        return None
+    spool = Spool(settings.data_dir / "spool", max_bytes=settings.spool_mb * 1024 * 1024)
+    if not spool.open():
+        logger.info(
+            "another process keeps uploads in %s; this one's jobs read the storage",
+            spool.directory,
+            extra={"action": "spool_taken"},
+        )
+        return None
+    stack.push_async_callback(spool.close)
+    return spool
 
 
 def build_notifier(state: AppState) -> AbstractAsyncContextManager[object]:

@@ -179,6 +179,14 @@ class Settings:
         default=True,
         metadata=env("FINDME_RUN_WORKERS", doc="run the workers in this process (false: web only)"),
     )
+    spool_mb: int = field(
+        default=1024,
+        metadata=env(
+            "FINDME_SPOOL_MB",
+            doc="disk under the data dir for uploaded originals kept until their job reads "
+            "them, in MB (0: none; the jobs read the storage)",
+        ),
+    )
     engine_processes: int = field(
         default_factory=lambda: os.cpu_count() or 1,
         metadata=env(

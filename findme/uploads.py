@@ -204,10 +204,11 @@ async def receive_files(
         if sink is not None:
             await sink.close()
         if current is not None:
-            await _remove(current.path)
+            await remove_file(current.path)
 
 
-async def _remove(path: Path) -> None:
+async def remove_file(path: Path) -> None:
+    """Remove a file that may be gone already."""
     try:
         await aiofiles.os.remove(path)
     except FileNotFoundError:

@@ -70,6 +70,9 @@ async def store_photo(
                 await state.storage.save(session, photo, original)
                 await session.flush()
                 job = await jobs.enqueue_photo(session, photo_id=photo.id, event_id=event_id)
+            if state.spool is not None:
+                # The job runs in this process, most likely: it reads the file, not the storage.
+                await state.spool.keep(photo.id, upload.path, len(original))
             await state.on_photos_changed({event_id})
             return outcome | {"status": "created", "photo_id": photo.id, "job_id": job.id}
         except AlreadyExists:

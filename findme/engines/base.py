@@ -147,12 +147,15 @@ class PhotoJobs(abc.ABC):
         """Mark the photo as being processed; None if it was deleted while queued."""
         async with self._db.transaction() as session:
             photo = await session.get(Photo, photo_id)
-            if photo is None:
-                return None
-            finished = photo.processed_at is not None and photo.status in _FINISHED
-            if not finished:
-                photo.status = PhotoStatus.processing
-            return StartedPhoto(photo.event_id, finished)
+            if photo is not None:
+                finished = photo.processed_at is not None and photo.status in _FINISHED
+                if not finished:
+                    photo.status = PhotoStatus.processing
+                return StartedPhoto(photo.event_id, finished)
+        # Its deletion may have run on another instance, which cannot reach this one's spool:
+        # no byte of a deleted photo stays behind.
+        await self._storage.delete([photo_id])
+        return None
 
     async def _keep_thumbnail(self, photo_id: int, thumbnail: bytes) -> bool:
         """Store the grid thumbnail the job made; False if the photo was deleted meanwhile, and

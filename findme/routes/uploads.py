@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
-import aiofiles.os
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -20,7 +18,7 @@ from findme.errors import BadRequest, FindMeError, TooLarge
 from findme.images import CheckedImage, CorruptImage, check_upload
 from findme.routes.common import api, app_state, json_response, path_id, require_user
 from findme.services import AppState
-from findme.uploads import ReceivedFile, receive_files
+from findme.uploads import ReceivedFile, receive_files, remove_file
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +91,7 @@ async def upload_photos(request: Request) -> Response:
                 state.pipeline.notify()
     finally:
         for upload, _ in received:
-            await _remove(upload.path)
+            await remove_file(upload.path)
     outcome = {"results": results}
     if all(result["status"] == "rejected" for result in results):
         first = next(error for _, error in received if isinstance(error, FindMeError))
@@ -130,13 +128,6 @@ def _rejected(upload: ReceivedFile, error: FindMeError) -> dict[str, Any]:
         "error": error.code,
         "detail": error.detail,
     }
-
-
-async def _remove(path: Path) -> None:
-    try:
-        await aiofiles.os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 routes = [
