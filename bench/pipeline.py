@@ -41,7 +41,7 @@ from bench.harness import (
     sign_in,
     sign_up,
 )
-from bench.uploads import cpu_s
+from bench.uploads import cpu_growth, cpu_s, postgres_cpu_s
 from findme.engines.local.pool import LocalRecognizer
 from tests.shared_faces import faces_dir, manifest
 
@@ -186,6 +186,7 @@ async def pipeline_run(paths: list[Path], database_url: str) -> dict[str, float]
         await asyncio.gather(*(ready.wait() for ready in pages_ready))
         started = time.perf_counter()
         web_cpu = cpu_s(srv.process.pid)
+        database_cpu = postgres_cpu_s()
 
         answered: list[tuple[float, list[int]]] = []
         upload = asyncio.create_task(
@@ -204,6 +205,7 @@ async def pipeline_run(paths: list[Path], database_url: str) -> dict[str, float]
             page.cancel()
         elapsed = time.perf_counter() - started
         web_cpu = cpu_s(srv.process.pid) - web_cpu
+        database_cpu_s = cpu_growth(database_cpu, postgres_cpu_s())
         people_in = {Path(name).stem: info["people"] for name, info in manifest()["event"].items()}
         uploaded = [_base(path.name) for path in paths]
         wrong = 0
@@ -226,6 +228,7 @@ async def pipeline_run(paths: list[Path], database_url: str) -> dict[str, float]
             "selfie_s": await newcomer if newcomer is not None else float("nan"),
             "photos_per_s": len(paths) / elapsed,
             "web_cpu_ms": web_cpu * 1000 / len(paths),
+            "database_cpu_ms": database_cpu_s * 1000 / len(paths),
             "elapsed_s": elapsed,
             "uploaded_s": uploaded_s,
             "first_match_s": min(seen) - started if seen else float("nan"),
@@ -334,6 +337,10 @@ async def main() -> None:
     print(
         f"web process CPU: {run['web_cpu_ms']:.0f} ms per photo (receiving, storing, the "
         "jobs' database work, this bench's progress polling; not the engine)"
+    )
+    print(
+        f"database CPU: {run['database_cpu_ms']:.0f} ms per photo (every PostgreSQL process "
+        "on this machine: storing, the jobs' reads and writes, the bench's polling)"
     )
     print(
         f"a newcomer's selfie, enrolled after {NEWCOMER_AFTER_PHOTOS} photos of the batch were "

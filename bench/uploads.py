@@ -160,6 +160,27 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_s() -> dict[int, float]:
+    """CPU seconds of each PostgreSQL process on this machine (backends, WAL writer,
+    checkpointer ...), by pid: the database's share of a run is the growth between two reads."""
+    used: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as comm:
+                if comm.read().strip() == "postgres":
+                    used[int(entry.name)] = cpu_s(int(entry.name))
+        except OSError:
+            continue  # gone meanwhile
+    return used
+
+
+def cpu_growth(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two reads of `postgres_cpu_s` (by processes still there)."""
+    return sum(used - before.get(pid, 0.0) for pid, used in after.items())
+
+
 async def timed_upload(
     srv: Server, client, event_id: int, paths: list[Path], requests: int
 ) -> tuple[float, float, float]:
