@@ -106,6 +106,9 @@ async def test_the_spool_keeps_files_within_its_budget_and_gives_each_once(tmp_p
     assert not await spool.keep(2, second, 5)  # 11 bytes would be over the 10 allowed
     assert second.exists()
     assert (photo_files(spool), spool.kept_bytes) == (["1.original"], 6)
+    # A file that cannot be moved in (gone, or on another file system) is not counted.
+    assert not await spool.keep(3, tmp_path / "gone.upload", 1)
+    assert (photo_files(spool), spool.kept_bytes) == (["1.original"], 6)
 
     assert await spool.take(1) == b"abcdef"
     assert (photo_files(spool), spool.kept_bytes) == ([], 0)

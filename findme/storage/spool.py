@@ -92,7 +92,14 @@ class Spool:
         await self._expire()
         if self._bytes + size_bytes > self._max_bytes:
             return False
-        await aiofiles.os.replace(path, self._path(photo_id))
+        try:
+            await aiofiles.os.replace(path, self._path(photo_id))
+        except OSError as error:
+            # On another file system than the upload's, say: the job reads the storage.
+            logger.warning(
+                "an upload could not be spooled: %s", error, extra={"action": "spool_error"}
+            )
+            return False
         self._kept[photo_id] = (size_bytes, self._clock())
         self._bytes += size_bytes
         return True
