@@ -2,7 +2,7 @@
 
 An upload writes each photo to a file of its own before storing it, and the photo's job, a few
 seconds later, needs the same bytes again. Read back from PostgreSQL, a 9 MB camera photo costs
-~30 ms of CPU between the database and this process, a sixth of what a photo costs outside the
+~30 ms of CPU between the database and this process, a seventh of what a photo costs outside the
 engine (docs/BENCHMARKS.md). So a process that runs the workers keeps the upload's file, renamed
 into its spool, and the job takes it from there. The storage still holds the photo: the spool
 is a copy that is read once, and never by anyone else.
