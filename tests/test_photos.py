@@ -152,6 +152,48 @@ async def test_ten_concurrent_copies_make_exactly_one_photo(organiser) -> None:
     assert await photo_count(organiser, event_id) == 1
 
 
+async def test_overlapping_requests_store_each_photo_once_in_the_order_sent(organiser) -> None:
+    """Three requests of 20 photos (several commits each) at once, sharing half their photos,
+    one of them sent twice in a request: every file is answered, each photo stored once."""
+    event_id = organiser.event["id"]
+    shared = [(f"shared{i}.jpg", jpeg((i * 9, 80, 120), (400, 300))) for i in range(10)]
+    requests = [
+        [
+            *shared[:5],
+            *((f"own{r}-{i}.jpg", jpeg((r * 60, i * 20, 30))) for i in range(10)),
+            *shared[5:],
+        ]
+        for r in range(3)
+    ]
+    requests[0].append(requests[0][0])
+    responses = await asyncio.gather(*(upload(organiser, event_id, *files) for files in requests))
+    by_bytes: dict[bytes, set[int]] = {}
+    created: dict[bytes, int] = {}
+    for files, response in zip(requests, responses, strict=True):
+        assert response.status_code == 202, response.text
+        results = response.json()["results"]
+        assert [r["filename"] for r in results] == [name for name, _ in files]
+        new_ids = [r["photo_id"] for r in results if r["status"] == "created"]
+        assert new_ids == sorted(new_ids)  # a gallery lists them in the order they were sent
+        for (_, data), result in zip(files, results, strict=True):
+            assert result["status"] in {"created", "duplicate"}
+            by_bytes.setdefault(data, set()).add(result["photo_id"])
+            if result["status"] == "created":
+                assert result["job_id"] is not None
+                assert data not in created
+                created[data] = result["photo_id"]
+            else:
+                assert result["job_id"] is None
+    assert requests[0][-1] == requests[0][0]
+    assert responses[0].json()["results"][-1]["status"] == "duplicate"
+    assert len(by_bytes) == 40
+    assert all(len(ids) == 1 for ids in by_bytes.values())
+    assert {data: ids.pop() for data, ids in by_bytes.items()} == created
+    assert await photo_count(organiser, event_id) == 40
+    for data, photo_id in created.items():
+        assert (await organiser.get(f"/api/image/{photo_id}")).content == data
+
+
 def truncated_jpeg() -> bytes:
     data = jpeg("orange", (800, 600), quality=95)
     return data[: len(data) // 2]

@@ -13,7 +13,7 @@ from starlette.routing import Route
 from findme.api_schemas import Body, Reply, ref
 from findme.db import Role
 from findme.domain.access import event_for
-from findme.domain.photos import store_photo
+from findme.domain.photos import store_photos
 from findme.errors import BadRequest, FindMeError, TooLarge
 from findme.images import CheckedImage, CorruptImage, check_upload
 from findme.routes.common import api, app_state, json_response, path_id, require_user
@@ -73,22 +73,18 @@ async def upload_photos(request: Request) -> Response:
             raise NoFiles()
         # Stored only once the whole request has arrived: an interrupted or oversize request
         # leaves nothing behind.
-        results = []
-        for upload, checked in received:
-            if isinstance(checked, FindMeError):
-                results.append(_rejected(upload, checked))
-                continue
-            result = await store_photo(
-                state,
-                uploader_id=principal.id,
-                event_id=event.id,
-                upload=upload,
-                checked=checked,
-            )
-            results.append(result)
-            if state.pipeline is not None and result["status"] == "created":
-                # The first photo's job starts while the rest are still being stored.
-                state.pipeline.notify()
+        accepted = [
+            (upload, checked)
+            for upload, checked in received
+            if not isinstance(checked, FindMeError)
+        ]
+        stored = iter(
+            await store_photos(state, uploader_id=principal.id, event_id=event.id, uploads=accepted)
+        )
+        results = [
+            _rejected(upload, checked) if isinstance(checked, FindMeError) else next(stored)
+            for upload, checked in received
+        ]
     finally:
         for upload, _ in received:
             await remove_file(upload.path)
