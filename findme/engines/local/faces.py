@@ -23,6 +23,8 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageOps
 
+from findme.engines.local import descriptor_net
+from findme.engines.local.descriptor_net import DescriptorNet
 from findme.engines.local.detectors import (
     DEFAULT_DETECTOR,
     DEFAULT_MIN_SCORE,
@@ -67,7 +69,7 @@ __all__ = [
 
 # The descriptor sees a 150 px chip (face ~100 px + 25 % padding): a face is described from
 # pixels where its box covers the chip without being upscaled, or from the full resolution.
-_CHIP_PX = 150
+_CHIP_PX = descriptor_net.CHIP_PX
 # Landmarks and descriptor run on a crop this many face widths around the box, not the photo.
 _CROP_PADDING = 0.5
 # Photo formats only (JPEG includes the camera JPEGs Pillow reports as MPO): none of Pillow's
@@ -119,7 +121,7 @@ class FoundFaces:
 @dataclass(frozen=True)
 class _Models:
     predictor: Any
-    encoder: Any
+    descriptor: DescriptorNet
 
 
 _models: _Models | None = None
@@ -144,9 +146,7 @@ def _load_models() -> _Models:
         folder = models_dir()
         _models = _Models(
             predictor=dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
-            encoder=dlib.face_recognition_model_v1(
-                str(folder / "dlib_face_recognition_resnet_model_v1.dat")
-            ),
+            descriptor=descriptor_net.load(folder / "dlib_face_recognition_resnet_model_v1.dat"),
         )
     return _models
 
@@ -253,12 +253,10 @@ def _analyse(
         back = (pixels.width / coarse_size[0], pixels.height / coarse_size[1])
         found = [Detection(_full_box(d.box, back, pixels.size), d.score) for d in found]
     to_full = (width / pixels.width, height / pixels.height)
+    descriptors = _describe(models, pixels, [detection.box for detection in found])
     faces = [
-        DetectedFace(
-            box=_full_box(detection.box, to_full, (width, height)),
-            descriptor=_describe(models, pixels, detection.box),
-        )
-        for detection in found
+        DetectedFace(box=_full_box(detection.box, to_full, (width, height)), descriptor=descriptor)
+        for detection, descriptor in zip(found, descriptors, strict=True)
     ]
     logger.debug(
         "%s found %d faces in a %dx%d image scanned at %.3f (described from %dx%d) in %.2f s",
@@ -355,20 +353,33 @@ def _scale_box(
     )
 
 
-def _describe(models: _Models, pixels: Image.Image, box: tuple[int, int, int, int]) -> bytes:
-    """Landmarks and descriptor of one face, computed on a padded crop around its box."""
-    left, top, right, bottom = box
-    pad = round((right - left) * _CROP_PADDING)
-    crop_left, crop_top = max(0, left - pad), max(0, top - pad)
-    crop = np.asarray(
-        pixels.crop(
-            (crop_left, crop_top, min(pixels.width, right + pad), min(pixels.height, bottom + pad))
+def _describe(
+    models: _Models, pixels: Image.Image, boxes: list[tuple[int, int, int, int]]
+) -> list[bytes]:
+    """The descriptors of the faces at `boxes`: each one's landmarks on a padded crop around it,
+    the chips they align, then one pass of the network over all the chips."""
+    chips = []
+    for left, top, right, bottom in boxes:
+        pad = round((right - left) * _CROP_PADDING)
+        crop_left, crop_top = max(0, left - pad), max(0, top - pad)
+        crop = np.asarray(
+            pixels.crop(
+                (
+                    crop_left,
+                    crop_top,
+                    min(pixels.width, right + pad),
+                    min(pixels.height, bottom + pad),
+                )
+            )
         )
-    )
-    rect = dlib.rectangle(left - crop_left, top - crop_top, right - crop_left, bottom - crop_top)
-    shape = models.predictor(crop, rect)
-    vector = np.asarray(models.encoder.compute_face_descriptor(crop, shape), _DESCRIPTOR_DTYPE)
-    return vector.tobytes()
+        rect = dlib.rectangle(
+            left - crop_left, top - crop_top, right - crop_left, bottom - crop_top
+        )
+        shape = models.predictor(crop, rect)
+        # What dlib's compute_face_descriptor cuts for its network (150 px, 25 % padding).
+        chips.append(dlib.get_face_chip(crop, shape, size=_CHIP_PX, padding=0.25))
+    vectors = models.descriptor.describe(chips).astype(_DESCRIPTOR_DTYPE)
+    return [vector.tobytes() for vector in vectors]
 
 
 def descriptor_distance(a: bytes, b: bytes) -> float:

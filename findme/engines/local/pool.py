@@ -237,6 +237,10 @@ class _Lane:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         self._calls_left = self.processes * self._tasks_per_process
+        # The processes are the parallelism: OpenBLAS threads of their own (the descriptor
+        # network's matrix products) would spin beside them, nearly doubling a face's CPU.
+        # OpenBLAS reads this as numpy loads, so it is set for the processes before they start.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         return ProcessPoolExecutor(
             max_workers=self.processes,
             mp_context=multiprocessing.get_context("spawn"),
