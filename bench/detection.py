@@ -6,9 +6,11 @@ On the crowd scenes of tests/crowd.py (the shared faces small, masked, tilted, d
 cut by the frame, 1920 px wide and upscaled to 6000 px like a 24 MP camera JPEG) and on the
 synthetic 24 MP group shots of tests/shared_faces.py. Detection alone (decoding + scan,
 `find_faces`) is timed in CPU seconds of this process, best of two runs; the group shots are also
-analysed whole (descriptors and matching). Last, the whole engine (decode, detection,
-descriptors, thumbnail) on the 24 MP camera photos of bench/pipeline.py, the two detectors
-taking turns photo by photo. Figures in docs/RECOGNITION.md, "Detectors".
+analysed whole (descriptors and matching). Then the descriptor network as the engine runs it
+(numpy's BLAS) against dlib's own, taking turns on every face of the shared set. Last, the whole
+engine (decode, detection, descriptors, thumbnail) on the 24 MP camera photos of
+bench/pipeline.py, the two detectors taking turns photo by photo. Figures in
+docs/RECOGNITION.md, "Detectors" and "The descriptor network".
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import dlib
+import numpy as np
 from PIL import Image
 
 from bench.pipeline import camera_photos
+from findme.engines.local import descriptor_net
 from findme.engines.local.detectors import CnnDetector, cnn_available
 from findme.engines.local.faces import (
     DEFAULT_MATCH_THRESHOLD,
@@ -28,10 +33,18 @@ from findme.engines.local.faces import (
     analyse_selfie,
     descriptor_distance,
     find_faces,
+    models_dir,
 )
 from findme.settings import Settings
 from tests.crowd import SCENE_SIZE, CrowdScene, MarkedFace, crowd_scenes, scaled, score
-from tests.shared_faces import faces_dir, group_shot, iou, manifest, rightly_matched
+from tests.shared_faces import (
+    faces_dir,
+    group_shot,
+    iou,
+    landmarked_faces,
+    manifest,
+    rightly_matched,
+)
 
 MIN_FACE_PX = 120  # the settings default
 THUMBNAIL_PX = Settings.thumbnail_px
@@ -138,6 +151,28 @@ def descriptor_agreement() -> None:
     )
 
 
+def descriptor_network() -> None:
+    """CPU per face of the engine's descriptor network and of dlib's, on the same chips."""
+    faces = landmarked_faces()
+    chips = [dlib.get_face_chip(pixels, shape, size=150, padding=0.25) for pixels, shape in faces]
+    net = descriptor_net.load(models_dir() / descriptor_net.MODEL_FILE)
+    dlibs = dlib.face_recognition_model_v1(str(models_dir() / descriptor_net.MODEL_FILE))
+    ours = dlib_own = 0.0
+    difference = 0.0
+    for chip in chips:
+        seconds, vector = cpu_timed(lambda c=chip: net.describe([c])[0])
+        ours += seconds
+        seconds, expected = cpu_timed(lambda c=chip: np.asarray(dlibs.compute_face_descriptor(c)))
+        dlib_own += seconds
+        difference = max(difference, float(np.abs(vector - expected).max()))
+    batched, _ = cpu_timed(lambda: net.describe(chips))
+    print(f"\nDescriptor network, {len(chips)} faces of the shared set, CPU ms per face:")
+    print(f"  numpy (OpenBLAS): {ours / len(chips) * 1000:.1f} one by one, ", end="")
+    print(f"{batched / len(chips) * 1000:.1f} all in one call")
+    print(f"  dlib's own:       {dlib_own / len(chips) * 1000:.1f}")
+    print(f"  numpy / dlib: {ours / dlib_own:.0%}; largest difference {difference:.1e}")
+
+
 def camera_engine() -> None:
     """Core-seconds of the whole engine per 24 MP camera photo, as a worker's process runs it
     (best of two runs each, so loading the models is not counted)."""
@@ -180,6 +215,7 @@ def main() -> None:
     scan_sizes(scenes)
     group_shots(members, people)
     descriptor_agreement()
+    descriptor_network()
     camera_engine()
 
 

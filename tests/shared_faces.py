@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dlib
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+
+from findme.engines.local.faces import analyse_photo, analyse_selfie, models_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,3 +173,21 @@ def rightly_matched(
         match = nearest_member(best.descriptor, selfies, threshold=threshold)
         right += match is not None and people[match[0]] == person
     return right
+
+
+def landmarked_faces() -> list[tuple[np.ndarray, Any]]:
+    """Every face the engine finds in the shared selfies and event photos: the oriented RGB
+    pixels of its photo and dlib's 5-point landmarks (a `dlib.full_object_detection`)."""
+    predictor = dlib.shape_predictor(str(models_dir() / "shape_predictor_5_face_landmarks.dat"))
+    faces = []
+    photos = [("selfies", path.name) for path in sorted((faces_dir() / "selfies").iterdir())]
+    photos += [("event", name) for name in sorted(manifest()["event"])]
+    for kind, name in photos:
+        path = faces_dir() / kind / name
+        data = path.read_bytes()
+        analysis = (
+            analyse_selfie(data) if kind == "selfies" else analyse_photo(data, min_face_px=120)
+        )
+        pixels = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+        faces += [(pixels, predictor(pixels, dlib.rectangle(*face.box))) for face in analysis.faces]
+    return faces

@@ -7,14 +7,12 @@ from pathlib import Path
 import dlib
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
 
 from findme.engines.local import descriptor_net
-from findme.engines.local.faces import analyse_photo, analyse_selfie, models_dir
+from findme.engines.local.descriptor_net import MODEL_FILE
+from findme.engines.local.faces import models_dir
 from findme.errors import ConfigurationError
-from tests.shared_faces import faces_dir, manifest
-
-MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+from tests.shared_faces import landmarked_faces
 
 
 @pytest.fixture(scope="module")
@@ -22,33 +20,9 @@ def net() -> descriptor_net.DescriptorNet:
     return descriptor_net.load(models_dir() / MODEL_FILE)
 
 
-def shared_faces() -> list[tuple[np.ndarray, dlib.full_object_detection]]:
-    """Every face the engine finds in the shared selfies and event photos, with its landmarks."""
-    predictor = dlib.shape_predictor(str(models_dir() / "shape_predictor_5_face_landmarks.dat"))
-    faces = []
-    for kind in ("selfies", "event"):
-        for name in sorted(_file_names(kind)):
-            path = faces_dir() / kind / name
-            data = path.read_bytes()
-            analysis = (
-                analyse_selfie(data) if kind == "selfies" else analyse_photo(data, min_face_px=120)
-            )
-            pixels = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
-            for face in analysis.faces:
-                shape = predictor(pixels, dlib.rectangle(*face.box))
-                faces.append((pixels, shape))
-    return faces
-
-
-def _file_names(kind: str) -> list[str]:
-    if kind == "event":
-        return list(manifest()["event"])
-    return [path.name for path in (faces_dir() / "selfies").iterdir()]
-
-
 def test_descriptors_are_those_of_dlibs_own_network(net) -> None:
     encoder = dlib.face_recognition_model_v1(str(models_dir() / MODEL_FILE))
-    faces = shared_faces()
+    faces = landmarked_faces()
     assert len(faces) >= 20, "the shared set should give a face per selfie and more"
     chips = [dlib.get_face_chip(pixels, shape, size=150, padding=0.25) for pixels, shape in faces]
     expected = np.array(

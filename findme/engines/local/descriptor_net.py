@@ -20,9 +20,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from findme.errors import ConfigurationError
 
+MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # The chip the network reads: 150x150 RGB, as dlib.get_face_chip(..., size=150) cuts it.
 CHIP_PX = 150
 DESCRIPTOR_LENGTH = 128
+# Faces pass through the network a few at a time: larger matrix products cost less per face
+# (15-16 ms from 4 to 8 faces against 18.6 alone), but past ~8 the first layers' windows
+# outgrow the core's cache and it slows again (18.8 ms a face for 25 at once).
+_FACES_PER_PASS = 6
 
 
 class _Malformed(ValueError):
@@ -175,8 +180,13 @@ class DescriptorNet:
 
     def describe(self, chips: list[np.ndarray]) -> np.ndarray:
         """The descriptors of face chips (150x150x3 uint8 RGB), one row of 128 per chip."""
-        if not chips:
-            return np.empty((0, DESCRIPTOR_LENGTH), np.float32)
+        passes = [
+            self._forward(chips[start : start + _FACES_PER_PASS])
+            for start in range(0, len(chips), _FACES_PER_PASS)
+        ]
+        return np.vstack(passes) if passes else np.empty((0, DESCRIPTOR_LENGTH), np.float32)
+
+    def _forward(self, chips: list[np.ndarray]) -> np.ndarray:
         # dlib's input layer: each channel less its training mean, over 256.
         batch: np.ndarray = (np.stack(chips).astype(np.float32) - self.mean_rgb) / np.float32(256)
         tagged: dict[int, np.ndarray] = {}
@@ -255,7 +265,7 @@ def _padded_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def load(path: Path) -> DescriptorNet:
-    """The network of dlib_face_recognition_resnet_model_v1.dat at `path`."""
+    """The network of a `MODEL_FILE` at `path`."""
     try:
         return _parse(_Reader(path.read_bytes()))
     except (_Malformed, UnicodeDecodeError, ValueError) as exc:

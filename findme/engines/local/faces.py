@@ -146,7 +146,7 @@ def _load_models() -> _Models:
         folder = models_dir()
         _models = _Models(
             predictor=dlib.shape_predictor(str(folder / "shape_predictor_5_face_landmarks.dat")),
-            descriptor=descriptor_net.load(folder / "dlib_face_recognition_resnet_model_v1.dat"),
+            descriptor=descriptor_net.load(folder / descriptor_net.MODEL_FILE),
         )
     return _models
 
