@@ -123,6 +123,7 @@ async def _check_database(settings: Settings) -> Check:
 
 
 async def _check_models(_aws: aioboto3.Session, settings: Settings) -> Check:
+    from findme.engines.local import descriptor_net
     from findme.engines.local.detectors import available_detector
     from findme.engines.local.faces import models_dir
 
@@ -139,6 +140,10 @@ async def _check_models(_aws: aioboto3.Session, settings: Settings) -> Check:
             f"local (dlib): {', '.join(missing)} missing from {folder}: reinstall the "
             "face-recognition-models package.",
         )
+    try:
+        descriptor_net.load(folder / descriptor_net.MODEL_FILE)
+    except FindMeError as error:
+        return Check("engine", False, f"local (dlib): {error.detail}")
     finds = (
         "the CNN detector (libfacedetection) finds the faces"
         if detector == "cnn"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dlib
@@ -12,7 +15,8 @@ from findme.engines.local import descriptor_net
 from findme.engines.local.descriptor_net import MODEL_FILE
 from findme.engines.local.faces import models_dir
 from findme.errors import ConfigurationError
-from tests.shared_faces import landmarked_faces
+from findme.settings import Settings
+from tests.shared_faces import REPO_ROOT, landmarked_faces
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +65,79 @@ def test_a_damaged_model_file_is_refused_with_what_to_do(tmp_path: Path, damage)
         descriptor_net.load(damaged)
 
 
+def test_a_missing_model_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"cannot be read .*reinstall the face-recog"):
+        descriptor_net.load(tmp_path / MODEL_FILE)
+
+
 def test_another_dlib_network_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="is not dlib's ResNet face model v1"):
         descriptor_net.load(models_dir() / "mmod_human_face_detector.dat")
+
+
+@pytest.fixture
+def damaged_models(tmp_path: Path) -> dict[str, str]:
+    """An environment whose face_recognition_models package holds a truncated descriptor model
+    (the landmark model as installed), found before the real one on the import path."""
+    package = tmp_path / "face_recognition_models"
+    (package / "models").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    landmarks = "shape_predictor_5_face_landmarks.dat"
+    (package / "models" / landmarks).symlink_to(models_dir() / landmarks)
+    model = (models_dir() / MODEL_FILE).read_bytes()
+    (package / "models" / MODEL_FILE).write_bytes(model[: len(model) // 3])
+    return {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO_ROOT}"}
+
+
+def test_the_engine_refuses_to_start_on_a_damaged_model(damaged_models) -> None:
+    started = subprocess.run(
+        [sys.executable, "-c", START_ENGINE],
+        env=damaged_models,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert "refused: The face descriptor model" in started.stdout
+    assert "reinstall the face-recognition-models package" in started.stdout
+
+
+def test_the_doctor_names_a_damaged_model(damaged_models, settings: Settings) -> None:
+    checked = subprocess.run(
+        [sys.executable, "-m", "findme.cli", "doctor"],
+        env={
+            **damaged_models,
+            "FINDME_DATABASE_URL": settings.database_url,
+            "FINDME_DATA_DIR": str(settings.data_dir),
+        },
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=120,
+    )
+
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    failed = [line for line in checked.stdout.splitlines() if line.startswith("✗ engine")]
+    assert len(failed) == 1, checked.stdout
+    engine = failed[0]
+    assert "not dlib's ResNet face model v1" in engine
+    assert "reinstall the face-recognition-models package" in engine
+
+
+START_ENGINE = """
+import asyncio, sys
+from findme.engines.local.pool import LocalRecognizer
+from findme.errors import ConfigurationError
+
+async def start():
+    async with LocalRecognizer(processes=1, min_face_px=120):
+        pass
+
+try:
+    asyncio.run(start())
+except ConfigurationError as error:
+    print("refused:", error.detail)
+    sys.exit(1)
+print("started")
+"""

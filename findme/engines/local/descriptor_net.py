@@ -267,8 +267,15 @@ def _padded_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def load(path: Path) -> DescriptorNet:
     """The network of a `MODEL_FILE` at `path`."""
     try:
-        return _parse(_Reader(path.read_bytes()))
-    except (_Malformed, UnicodeDecodeError, ValueError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"The face descriptor model {path} cannot be read ({exc.strerror}): reinstall the "
+            "face-recognition-models package."
+        ) from exc
+    try:
+        return _parse(_Reader(data))
+    except ValueError as exc:  # _Malformed, a number that does not fit, text that is not text
         raise ConfigurationError(
             f"The face descriptor model {path} is not dlib's ResNet face model v1 as expected "
             f"({exc}): reinstall the face-recognition-models package."

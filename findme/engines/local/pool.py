@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import TypeVar
 
+from findme.engines.local import descriptor_net
 from findme.engines.local.detectors import DEFAULT_DETECTOR, DEFAULT_MIN_SCORE, available_detector
 from findme.engines.local.faces import (
     FaceAnalysis,
@@ -116,7 +117,9 @@ class LocalRecognizer:
         )
 
     async def __aenter__(self) -> LocalRecognizer:
-        models_dir()  # fail at startup, not in every worker
+        # Fail at startup with a sentence, not in every worker: a missing model folder, or a
+        # descriptor model that is not the network expected (read once more here, ~0.1 s).
+        descriptor_net.load(models_dir() / descriptor_net.MODEL_FILE)
         for lane in self._lanes():
             lane.open()
         return self
