@@ -20,6 +20,10 @@ from findme.errors import BadRequest, TooLarge, UnsupportedMedia
 MAX_FILENAME_CHARS = 200
 MAX_FIELD_BYTES = 1024
 MAX_BOUNDARY_CHARS = 70  # RFC 2046; browsers, curl and httpx use 30 to 50
+# A file's bytes reach its temp file in writes of this size: each write is a trip to a thread,
+# and the server reads a request in chunks of 64 KB. Receiving an 8.9 MB camera photo took 43 ms
+# of CPU with a write per chunk, 18-20 ms with 1 MB writes (26 ms at 256 KB, 21 ms at 4 MB).
+WRITE_BYTES = 1 << 20
 
 
 class RequestTooLarge(TooLarge):
@@ -146,6 +150,7 @@ async def receive_files(
     current: ReceivedFile | None = None
     field: tuple[str, bytearray] | None = None
     sink: Any = None
+    unwritten = bytearray()
     received_bytes = 0
     files = 0
     try:
@@ -184,8 +189,15 @@ async def receive_files(
                         current.too_large = True
                     if not current.too_large:
                         current._hash.update(value)
-                        await sink.write(value)
+                        unwritten += value
+                        if len(unwritten) >= WRITE_BYTES:
+                            await sink.write(unwritten)
+                            unwritten.clear()
+                    else:
+                        unwritten.clear()
                 elif kind == "end" and current is not None and sink is not None:
+                    await sink.write(unwritten)
+                    unwritten.clear()
                     await sink.close()
                     sink = None
                     current.sha256 = current._hash.hexdigest()

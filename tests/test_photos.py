@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import InvalidRequestError
 
 from findme.db import Database, Photo
+from findme.uploads import WRITE_BYTES
 from tests.conftest import serve, with_settings
 from tests.scenes import drain, jpeg_with_broken_pixels, png_with_broken_pixels
 from tests.shared_faces import faces_dir
@@ -31,8 +32,12 @@ def event_photos() -> list[tuple[str, bytes]]:
 
 
 def jpeg(color: str = "teal", size: tuple[int, int] = (320, 240), **save: Any) -> bytes:
+    return jpeg_of(Image.new("RGB", size, color), **save)
+
+
+def jpeg_of(image: Image.Image, **save: Any) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, "JPEG", **save)
+    image.save(out, "JPEG", **save)
     return out.getvalue()
 
 
@@ -150,6 +155,26 @@ async def test_ten_concurrent_copies_make_exactly_one_photo(organiser) -> None:
     assert sorted(r["status"] for r in results) == ["created"] + ["duplicate"] * 9
     assert len({r["photo_id"] for r in results}) == 1
     assert await photo_count(organiser, event_id) == 1
+
+
+async def test_camera_sized_photos_are_stored_byte_for_byte(organiser) -> None:
+    """Photos of several MB reach storage through many writes of the request's chunks."""
+    source = ImageOps.exif_transpose(Image.open(faces_dir() / "event" / "e04.jpg"))
+    camera = [
+        (f"camera{i}.jpg", jpeg_of(source.resize((3000 + 8 * i, 4880)), quality=95))
+        for i in range(2)
+    ]
+    files = [camera[0], ("small.jpg", jpeg("navy")), camera[1]]
+    assert all(len(data) > 2 * WRITE_BYTES and len(data) % WRITE_BYTES for _, data in camera)
+
+    response = await upload(organiser, organiser.event["id"], *files)
+
+    assert response.status_code == 202, response.text
+    assert [r["status"] for r in response.json()["results"]] == ["created"] * 3
+    listed = await organiser.get("/api/all-photos", params={"event_id": organiser.event["id"]})
+    for item in listed.json()["items"]:
+        served = await organiser.get(item["image_url"])
+        assert served.content == dict(files)[item["filename"]]
 
 
 async def test_overlapping_requests_store_each_photo_once_in_the_order_sent(organiser) -> None:
