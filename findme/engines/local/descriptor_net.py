@@ -111,27 +111,26 @@ class _Op:
     tag: int = 0
 
 
-def _residual(filters: int) -> list[_Op]:
+def _block(filters: int, stride: int) -> list[_Op]:
+    """dlib's `block`: two 3x3 convolutions, each with its affine layer, a relu between."""
     return [
-        _Op("tag", tag=1),
-        _Op("con", _Conv(filters, 3, 1)),
+        _Op("con", _Conv(filters, 3, stride)),
         _Op("affine"),
         _Op("relu"),
         _Op("con", _Conv(filters, 3, 1)),
         _Op("affine"),
-        _Op("add", tag=1),
-        _Op("relu"),
     ]
 
 
+def _residual(filters: int) -> list[_Op]:
+    return [_Op("tag", tag=1), *_block(filters, 1), _Op("add", tag=1), _Op("relu")]
+
+
 def _residual_down(filters: int) -> list[_Op]:
+    # The block at stride 2, added to the input pooled to its size.
     return [
         _Op("tag", tag=1),
-        _Op("con", _Conv(filters, 3, 2)),
-        _Op("affine"),
-        _Op("relu"),
-        _Op("con", _Conv(filters, 3, 1)),
-        _Op("affine"),
+        *_block(filters, 2),
         _Op("tag", tag=2),
         _Op("skip", tag=1),
         _Op("avg_pool"),
