@@ -42,6 +42,7 @@ bench: install services
 	$(VENV)/bin/python -m bench.detection
 	$(VENV)/bin/python -m bench.recovery
 	$(VENV)/bin/python -m bench.live
+	$(VENV)/bin/python -m bench.sign_ins
 	$(VENV)/bin/python -m bench.scale
 	$(VENV)/bin/python -m bench.summary $(BENCH_OUT)
 

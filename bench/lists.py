@@ -145,7 +145,7 @@ async def seed(database_url: str, event_id: int) -> list[int]:
         "VALUES ($1, $2, '[0,0,10,10]', $3)",
         [(photo_id, event_id, descriptor) for photo_id in photo_ids for _ in range(2)],
     )
-    password_hash = hash_password(PASSWORD)
+    password_hash = await hash_password(PASSWORD)
     user_ids = [
         record["id"]
         for record in await connection.fetch(

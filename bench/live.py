@@ -164,7 +164,7 @@ async def seed(database_url: str, members: int) -> tuple[int, list[int], list[st
         users=caches.users,
         sessions=caches.sessions,
     )
-    password = hash_password("bench password")
+    password = await hash_password("bench password")
     try:
         async with db.transaction() as session:
             rows = [

@@ -148,7 +148,7 @@ async def seed_members(
         {
             "email": ("text", [f"member{n}@scale.example" for n in range(1, count + 1)]),
             "name": ("text", [f"Member {n}" for n in range(1, count + 1)]),
-            "password_hash": ("text", [hash_password(PASSWORD)] * count),
+            "password_hash": ("text", [await hash_password(PASSWORD)] * count),
             "role": ("text", ["attendee"] * count),
             "created_at": ("timestamptz", [now] * count),
             "consent_at": ("timestamptz", [now] * count),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
+from findme.auth import hash_password, verify_password
 from tests.conftest import PASSWORD
 
 
@@ -170,3 +173,29 @@ async def test_roles_limit_what_each_account_can_do(make_user, make_event) -> No
     assert (await admin.get(f"/api/events/{event['id']}")).status_code == 200
     # An event the attendee may not see is, to them, an event that does not exist.
     assert (await attendee.get(f"/api/events/{event['id']}")).status_code == 404
+
+
+async def test_passwords_are_hashed_while_other_requests_are_served() -> None:
+    # A hash takes ~150 ms of a core: computed on the event loop, it would stall every other
+    # request meanwhile. The loop must keep turning while one is hashed and checked.
+    turns = 0
+
+    async def other_requests() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    others = asyncio.create_task(other_requests())
+    try:
+        stored = await hash_password(PASSWORD)
+        hashing_turns = turns
+        right = await verify_password(stored, PASSWORD)
+        checking_turns = turns - hashing_turns
+        wrong = await verify_password(stored, "not the password")
+        unknown = await verify_password(None, PASSWORD)
+    finally:
+        others.cancel()
+    assert stored.startswith("$argon2id$") and PASSWORD not in stored
+    assert (right, wrong, unknown) == (True, False, False)
+    assert hashing_turns > 0 and checking_turns > 0

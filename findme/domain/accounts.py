@@ -61,7 +61,7 @@ async def create_user(
 ) -> User:
     """Insert an account; shared by sign-up and `findme create-user`."""
     return await add_user(
-        session, email=email, password_hash=hash_password(password), name=name, role=role
+        session, email=email, password_hash=await hash_password(password), name=name, role=role
     )
 
 

@@ -38,7 +38,7 @@ async def join_as_newcomer(
     """A new attendee account with its selfie, a member of the event, signed in."""
     async with state.db.sessions() as session:
         _admits(await event_by_code(session, code))
-    password_hash = _password_hash(state, password)
+    password_hash = await _password_hash(state, password)
     # The engine reads the face before anything is written: no face, nothing stored.
     enrolled = await state.engine.enrol_selfie(selfie)
     async with state.db.transaction() as session:
@@ -65,13 +65,13 @@ def _admits(event: Event) -> Event:
     return event
 
 
-def _password_hash(state: AppState, password: str) -> str:
+async def _password_hash(state: AppState, password: str) -> str:
     """The chosen password's hash; without one (allowed when email is configured) a random
     password nobody knows, so the person comes back by an emailed reset or sign-in link."""
     if password:
-        return hash_password(check_password(password))
+        return await hash_password(check_password(password))
     if not state.mailer.configured:
         raise BadRequest(
             "Choose a password (8 characters or more): you need it to sign in again later."
         )
-    return hash_password(secrets.token_urlsafe(32))
+    return await hash_password(secrets.token_urlsafe(32))

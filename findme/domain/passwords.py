@@ -94,7 +94,9 @@ async def finish_reset(session: AsyncSession, *, token: str, password: str) -> i
     if row.expires_at <= now:
         raise ResetLinkExpired()
     await session.execute(
-        update(User).where(User.id == row.user_id).values(password_hash=hash_password(password))
+        update(User)
+        .where(User.id == row.user_id)
+        .values(password_hash=await hash_password(password))
     )
     await session.execute(
         update(PasswordReset)

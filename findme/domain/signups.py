@@ -14,7 +14,7 @@ from urllib.parse import quote
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from findme.auth import hash_password, hash_token
+from findme.auth import hash_token
 from findme.db import Role, Signup, User, utcnow
 from findme.domain.accounts import add_user, normalise_email
 from findme.errors import AlreadyExists, BadRequest
@@ -60,17 +60,16 @@ async def start_signup(
     site: str,
     email: str,
     name: str,
-    password: str,
+    password_hash: str,
     next_path: str,
     ttl_s: int,
 ) -> Mail:
     """The email a sign-up sends: a link that creates the account, or, for an email that has
     one already, a reminder of it with links to sign in and to reset the password.
 
-    The password is hashed in both cases, so the answer's timing does not tell which.
+    The caller hashes the password in both cases, so the answer's timing does not tell which.
     """
     email = normalise_email(email)
-    password_hash = hash_password(password)
     user = await session.scalar(select(User).where(User.email == email))
     if user is not None:
         return _account_exists_mail(user, site=site, next_path=next_path)

@@ -11,12 +11,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from findme.api_schemas import Body, Reply, ref
-from findme.auth import check_origin, hash_token, new_api_token, verify_password
+from findme.auth import check_origin, hash_password, hash_token, new_api_token, verify_password
 from findme.db import ApiToken, Role, User, utcnow
 from findme.domain.accounts import (
     MAX_PASSWORD_CHARS,
+    add_user,
     check_password,
-    create_user,
     normalise_email,
 )
 from findme.domain.events import my_matching
@@ -83,12 +83,19 @@ async def register(request: Request) -> Response:
         raise BadRequest(
             "Only an admin can create photographer or admin accounts. Ask your FindMe admin."
         )
+    # Hashed before any transaction: a crowd signing up waits for the hashing threads
+    # (auth.py) without holding database connections meanwhile.
+    password_hash = await hash_password(password)
     # Without email nothing can confirm the address, so the account is made at once, and a
     # known email is said to be one (README, "Sign-up"). An admin is trusted either way.
     if state.mailer.configured and not by_admin:
-        return await _sign_up_by_email(request, body, email=email, password=password, name=name)
+        return await _sign_up_by_email(
+            request, body, email=email, password_hash=password_hash, name=name
+        )
     async with state.db.transaction() as session:
-        user = await create_user(session, email=email, password=password, name=name, role=role)
+        user = await add_user(
+            session, email=email, password_hash=password_hash, name=name, role=role
+        )
         browser = None if caller is not None else await state.auth.start_session(session, user)
     response = json_response({"user": user_json(user)}, 201)
     if browser is not None:
@@ -97,7 +104,7 @@ async def register(request: Request) -> Response:
 
 
 async def _sign_up_by_email(
-    request: Request, body: dict[str, Any], *, email: str, password: str, name: str
+    request: Request, body: dict[str, Any], *, email: str, password_hash: str, name: str
 ) -> Response:
     """The same answer whether or not the email has an account; the email tells which."""
     state = app_state(request)
@@ -113,7 +120,7 @@ async def _sign_up_by_email(
             site=site_url(request),
             email=email,
             name=name,
-            password=password,
+            password_hash=password_hash,
             next_path=next_path,
             ttl_s=ttl_s,
         )
@@ -170,11 +177,15 @@ async def login(request: Request) -> Response:
         counters = await _login_counters(request, email=email, address=address)
         for name, identifiers in counters:
             await state.limits.check(name, *identifiers)
-        async with state.db.transaction() as session:
+        async with state.db.sessions() as session:
             user = await session.scalar(select(User).where(User.email == email))
-            # The hash is checked even for unknown emails, so timing does not reveal which exist.
-            valid = verify_password(user.password_hash if user else None, password)
-            browser = await state.auth.start_session(session, user) if valid and user else None
+        # The hash is checked even for unknown emails, so timing does not reveal which exist;
+        # outside a transaction, so sign-ins waiting for the hashing threads hold no connection.
+        valid = await verify_password(user.password_hash if user else None, password)
+        browser = None
+        if valid and user is not None:
+            async with state.db.transaction() as session:
+                browser = await state.auth.start_session(session, user)
         if browser is None or user is None:
             for name, identifiers in counters:
                 await state.limits.record(name, *identifiers)
